@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/relaytunnel/relay/protocol"
+	"github.com/relaytunnel/relay/server"
+)
+
+func protocolVersion() int { return protocol.Version }
+
+func newServerCmd() *cobra.Command {
+	var cfg server.Config
+	var drain time.Duration
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the relay server (on a VPS, or on loopback with --dev)",
+		Long: `Run the relay server. Providers post to https://NAME.DOMAIN; agents connect to DOMAIN
+over QUIC (UDP) or TLS (TCP) on the same port. Certificates come from Let's Encrypt
+(automatic), from --tls-cert/--tls-key (a wildcard certificate), or from a dev CA (--dev).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = logger(cmd)
+			cfg.Version = version
+			srv, err := server.New(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			srv.Start()
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "relay server for %s\n  https+agents (tcp): %s\n", srv.Domain(), srv.Addr())
+			if a := srv.QUICAddr(); a != "" {
+				fmt.Fprintf(out, "  agents (quic/udp):  %s\n", a)
+			}
+			if a := srv.HTTPAddr(); a != "" {
+				fmt.Fprintf(out, "  http (acme, redirect): %s\n", a)
+			}
+			if p := srv.DevCAPath(); p != "" {
+				fmt.Fprintf(out, "  dev CA: %s (agents: --ca %s)\n", p, p)
+			}
+			<-cmd.Context().Done()
+			fmt.Fprintln(out, "shutting down: letting in-flight deliveries finish")
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			return srv.Shutdown(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Domain, "domain", "", "apex domain; tunnels live at NAME.DOMAIN (dev: localhost)")
+	f.StringVar(&cfg.Listen, "listen", "", "TCP address for HTTPS and agents (default :443, dev 127.0.0.1:8443)")
+	f.StringVar(&cfg.QUICListen, "quic-listen", "", "UDP address for QUIC agents, or off (default: same as --listen)")
+	f.StringVar(&cfg.HTTPListen, "http-listen", "", "TCP address for ACME HTTP-01 and the HTTPS redirect, or off (default :80, dev off)")
+	f.IntVar(&cfg.PublicPort, "public-port", 0, "HTTPS port providers use, if not --listen's (for URLs)")
+	f.StringVar(&cfg.DataDir, "data", defaultServerData(), "directory for the database, ACME cache and dev CA")
+	f.BoolVar(&cfg.Dev, "dev", false, "loopback only, domain localhost, certificates from a dev CA in --data")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "certificate file (a wildcard for *.DOMAIN and DOMAIN); disables ACME")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "key file for --tls-cert")
+	f.StringVar(&cfg.ACMEEmail, "acme-email", "", "contact address for Let's Encrypt")
+	f.StringVar(&cfg.ACMEDirectory, "acme-directory", "", "ACME directory URL (default Let's Encrypt production)")
+	f.Int64Var(&cfg.MaxBody, "max-body", server.DefaultMaxBody, "largest request body forwarded, in bytes (413 beyond)")
+	f.DurationVar(&drain, "drain", 30*time.Second, "on SIGTERM, how long in-flight deliveries may take to finish")
+	return cmd
+}
+
+func defaultServerData() string { return stateDir("server") }

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/relaytunnel/relay/server/store"
+)
+
+func newTokenCmd() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Create, list and revoke agent tokens (on the server, same --data)",
+	}
+	cmd.PersistentFlags().StringVar(&dataDir, "data", defaultServerData(), "the server's --data directory")
+
+	var names []string
+	create := &cobra.Command{
+		Use:   "create --name NAME",
+		Short: "Create a token that may serve NAME; prints the token once",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(names) == 0 {
+				return fmt.Errorf("--name is required: the tunnel name this token may serve (NAME.DOMAIN)")
+			}
+			st, err := store.Open(cmd.Context(), dataDir)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			tok, secret, err := st.CreateToken(cmd.Context(), names...)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "token %s for %s (shown once, keep it secret):\n%s\n", tok.ID, strings.Join(tok.Names, ", "), secret)
+			return nil
+		},
+	}
+	create.Flags().StringSliceVar(&names, "name", nil, "tunnel name this token may serve (repeatable)")
+
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List tokens (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := store.Open(cmd.Context(), dataDir)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			toks, err := st.ListTokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				type row struct {
+					ID        string     `json:"id"`
+					Names     []string   `json:"names"`
+					CreatedAt time.Time  `json:"created_at"`
+					LastUsed  *time.Time `json:"last_used_at,omitempty"`
+					Revoked   bool       `json:"revoked"`
+				}
+				rows := make([]row, 0, len(toks))
+				for _, t := range toks {
+					r := row{ID: t.ID, Names: t.Names, CreatedAt: t.CreatedAt, Revoked: t.Revoked}
+					if !t.LastUsedAt.IsZero() {
+						lu := t.LastUsedAt
+						r.LastUsed = &lu
+					}
+					rows = append(rows, r)
+				}
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rows)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAMES\tCREATED\tLAST USED\tSTATE")
+			for _, t := range toks {
+				state, last := "active", "never"
+				if t.Revoked {
+					state = "revoked"
+				}
+				if !t.LastUsedAt.IsZero() {
+					last = t.LastUsedAt.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, strings.Join(t.Names, ","), t.CreatedAt.Local().Format(time.DateTime), last, state)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a token; its names become free and its agent is refused on reconnect",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := store.Open(cmd.Context(), dataDir)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if err := st.RevokeToken(cmd.Context(), args[0]); err != nil {
+				return fmt.Errorf("revoke %s: %w", args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, revoke)
+	return cmd
+}

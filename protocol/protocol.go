@@ -1,0 +1,121 @@
+// Package protocol is the wire between a relay server and its agents.
+//
+// An agent dials the server over QUIC (UDP) or TLS over TCP carrying yamux,
+// both negotiated with the ALPN protocol "relay/1". Everything above this
+// package sees only a Session of Streams and does not know which transport
+// it has.
+//
+// Login: the agent opens the first stream (the control stream) and writes a
+// Hello frame; the server answers Welcome or Reject. The control stream then
+// carries Ping/Pong heartbeats both ways for the life of the session, and a
+// GoAway from the server when it replaces or drains the session.
+//
+// Steady state: for every delivery the server opens a new stream, writes one
+// Delivery frame and then a plain HTTP/1.1 request; the agent answers with a
+// plain HTTP/1.1 response on the same stream. HTTP's own framing
+// (Content-Length or chunked) marks where each body ends, so a body cut off
+// midway is detectable even on yamux, which cannot abort a stream.
+//
+// See SPEC.md beside this file for the byte layout; TestSpecExamples keeps
+// its examples true.
+package protocol
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Version is the protocol version spoken by this build.
+//
+//	1: first version (Hello/Welcome/Reject, Ping/Pong, GoAway, Delivery).
+const Version = 1
+
+// ALPN is the TLS application protocol agents negotiate on both transports.
+const ALPN = "relay/1"
+
+// RejectCode says why the server refused a Hello; agents branch on it.
+type RejectCode string
+
+const (
+	RejectBadToken        RejectCode = "bad_token"        // unknown or revoked token
+	RejectNameTaken       RejectCode = "name_taken"       // the name belongs to another token
+	RejectNameNotAllowed  RejectCode = "name_not_allowed" // the token may not use that name
+	RejectVersionMismatch RejectCode = "version_mismatch" // Hello.Version differs from the server's
+	RejectBadRequest      RejectCode = "bad_request"      // malformed Hello
+	RejectUnavailable     RejectCode = "unavailable"      // server draining or failing; retry later
+)
+
+// Sentinel errors for each RejectCode, so callers can use errors.Is.
+var (
+	ErrBadToken        = errors.New("token refused")
+	ErrNameTaken       = errors.New("name owned by another token")
+	ErrNameNotAllowed  = errors.New("name not allowed for this token")
+	ErrVersionMismatch = errors.New("protocol version mismatch")
+	ErrBadRequest      = errors.New("bad request")
+	ErrUnavailable     = errors.New("server unavailable")
+)
+
+var rejectErrors = map[RejectCode]error{
+	RejectBadToken:        ErrBadToken,
+	RejectNameTaken:       ErrNameTaken,
+	RejectNameNotAllowed:  ErrNameNotAllowed,
+	RejectVersionMismatch: ErrVersionMismatch,
+	RejectBadRequest:      ErrBadRequest,
+	RejectUnavailable:     ErrUnavailable,
+}
+
+// Hello is the agent's first message.
+type Hello struct {
+	Version int    `json:"version"`
+	Token   string `json:"token"`
+	Name    string `json:"name,omitempty"` // empty: the token's first name
+	Agent   string `json:"agent,omitempty"`
+}
+
+// Welcome accepts a Hello.
+type Welcome struct {
+	Name      string `json:"name"`
+	URL       string `json:"url"`
+	SessionID string `json:"session_id"`
+	Server    string `json:"server,omitempty"` // server build version
+	// MaxBody is the largest request body the server forwards, in bytes.
+	MaxBody int64 `json:"max_body"`
+	// HeartbeatMillis is how often each side pings on the control stream.
+	HeartbeatMillis int64 `json:"heartbeat_ms"`
+}
+
+// Reject refuses a Hello. The agent prints Message and stops or retries
+// according to Code.
+type Reject struct {
+	Code    RejectCode `json:"code"`
+	Message string     `json:"message"`
+	// Version is the server's protocol version, so a mismatch names both.
+	Version int `json:"version"`
+}
+
+// Err turns a Reject into an error wrapping the sentinel for its code.
+func (r Reject) Err() error {
+	base, ok := rejectErrors[r.Code]
+	if !ok {
+		base = fmt.Errorf("rejected (%s)", r.Code)
+	}
+	if r.Message == "" {
+		return base
+	}
+	return fmt.Errorf("%w: %s", base, r.Message)
+}
+
+// GoAway tells the agent the server is ending the session on purpose.
+type GoAway struct {
+	Reason  string `json:"reason"` // "replaced", "shutdown", "revoked"
+	Message string `json:"message,omitempty"`
+}
+
+// Delivery is the first frame of every delivery stream.
+type Delivery struct {
+	ID         string `json:"id"`
+	ReceivedAt int64  `json:"received_at"` // Unix nanoseconds at the edge
+	RemoteAddr string `json:"remote_addr"`
+	Queued     bool   `json:"queued,omitempty"` // true: from the offline queue, not live
+	Attempt    int    `json:"attempt,omitempty"`
+}

@@ -1,0 +1,160 @@
+package certs
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/acme"
+	"golang.org/x/crypto/acme/autocert"
+)
+
+// DefaultIssueTimeout is how long a handshake waits for a certificate that
+// is being obtained. Issuance goes on in the background after it (up to
+// autocert's own five minutes), so the provider's retry finds the
+// certificate ready.
+const DefaultIssueTimeout = 30 * time.Second
+
+// ACMEConfig configures certificates from an ACME CA.
+type ACMEConfig struct {
+	// Dir caches the account key and certificates across restarts.
+	Dir   string
+	Email string // optional contact for the CA's expiry notices
+	// DirectoryURL defaults to Let's Encrypt production.
+	DirectoryURL string
+	// HTTPClient talks to the CA; tests set one that trusts a test CA.
+	HTTPClient *http.Client
+	Policy     HostPolicy
+	Logger     *slog.Logger // default: discard
+	// IssueTimeout bounds a handshake's wait; default DefaultIssueTimeout.
+	IssueTimeout time.Duration
+}
+
+func (c ACMEConfig) withDefaults() (ACMEConfig, error) {
+	switch {
+	case c.Dir == "":
+		return c, errors.New("acme: cache directory is required")
+	case c.Policy.Domain == "":
+		return c, errors.New("acme: domain is required")
+	case !strings.Contains(strings.Trim(c.Policy.Domain, "."), "."):
+		return c, fmt.Errorf("acme: %q cannot have a public certificate; use --dev or --tls-cert", c.Policy.Domain)
+	case c.IssueTimeout < 0:
+		return c, fmt.Errorf("acme: negative issue timeout %s", c.IssueTimeout)
+	}
+	if c.DirectoryURL == "" {
+		c.DirectoryURL = autocert.DefaultACMEDirectory
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.IssueTimeout == 0 {
+		c.IssueTimeout = DefaultIssueTimeout
+	}
+	return c, nil
+}
+
+// ACME obtains, caches and renews certificates with autocert. It answers
+// TLS-ALPN-01 on the shared TLS listener (see TLSConfig) and HTTP-01
+// through HTTPHandler.
+type ACME struct {
+	m       *autocert.Manager
+	policy  HostPolicy
+	log     *slog.Logger
+	timeout time.Duration
+}
+
+// NewACME builds the autocert manager; nothing is requested until the
+// first handshake for a name.
+func NewACME(cfg ACMEConfig) (*ACME, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &ACME{
+		m: &autocert.Manager{
+			Prompt:     autocert.AcceptTOS,
+			Cache:      autocert.DirCache(cfg.Dir),
+			HostPolicy: cfg.Policy.Allow,
+			Email:      cfg.Email,
+			Client: &acme.Client{
+				DirectoryURL: cfg.DirectoryURL,
+				HTTPClient:   cfg.HTTPClient,
+				UserAgent:    "relay",
+			},
+		},
+		policy:  cfg.Policy,
+		log:     cfg.Logger,
+		timeout: cfg.IssueTimeout,
+	}, nil
+}
+
+// GetCertificate serves the certificate for an allowed name, obtaining it
+// on first use, and answers the CA's TLS-ALPN-01 validation hellos. A hello
+// without SNI gets the apex's certificate. A name outside the policy, or one
+// the CA did not certify within the issue timeout, ends the handshake with
+// an alert.
+func (a *ACME) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := serverName(hello, a.policy.Domain)
+	// Refuse other domains before autocert sees them: scanners send any
+	// SNI, and that costs neither a store query nor a log line above debug.
+	if _, err := a.policy.label(name); err != nil {
+		a.log.Debug("certificate refused", "name", name, "reason", err)
+		return nil, err
+	}
+	if hello.ServerName != name {
+		h := *hello
+		h.ServerName = name
+		hello = &h
+	}
+	ctx := hello.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+
+	type result struct {
+		cert *tls.Certificate
+		err  error
+	}
+	// autocert takes no context (it bounds itself at five minutes), so the
+	// wait is bounded here; the goroutine ends when autocert returns.
+	done := make(chan result, 1)
+	go func() {
+		cert, err := a.m.GetCertificate(hello)
+		done <- result{cert, err}
+	}()
+	select {
+	case r := <-done:
+		switch {
+		case r.err == nil:
+		case errors.Is(r.err, ErrNotAllowed):
+			a.log.Debug("certificate refused", "name", name, "reason", r.err)
+		default:
+			a.log.Warn("acme certificate unavailable", "name", name, "reason", r.err)
+		}
+		return r.cert, r.err
+	case <-ctx.Done():
+		err := fmt.Errorf("certificate for %s not ready: %w", name, ctx.Err())
+		a.log.Warn("acme certificate unavailable", "name", name, "reason", err, "waited", time.Since(start).Round(time.Millisecond))
+		return nil, err
+	}
+}
+
+// HTTPHandler answers HTTP-01 validation on port 80 and passes every other
+// request to fallback (normally RedirectHTTPS). Calling it is what lets
+// autocert fall back to HTTP-01 when TLS-ALPN-01 fails.
+func (a *ACME) HTTPHandler(fallback http.Handler) http.Handler {
+	if fallback == nil {
+		fallback = RedirectHTTPS()
+	}
+	return a.m.HTTPHandler(fallback)
+}
+
+func (a *ACME) challengeProtos() []string { return []string{acme.ALPNProto} }

@@ -1,0 +1,160 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+)
+
+// Config is everything a relay server needs; flags only fill it.
+// The zero value of every field means "the default" (see withDefaults).
+type Config struct {
+	// Domain is the apex: agents connect to it and tunnels live at
+	// NAME.Domain. In Dev mode it defaults to "localhost".
+	Domain string
+	// Listen is the TCP address for HTTPS and agents' TLS+yamux.
+	Listen string
+	// QUICListen is the UDP address for agents' QUIC; "off" disables it.
+	QUICListen string
+	// HTTPListen answers ACME HTTP-01 and redirects to HTTPS; "off" disables it.
+	HTTPListen string
+	// PublicPort is the port providers use, when it differs from Listen's
+	// (a port forward); 0 means Listen's port. 443 is left out of URLs.
+	PublicPort int
+	// DataDir holds the database, the ACME cache and the dev CA.
+	DataDir string
+
+	// Certificates: Dev, or TLSCert+TLSKey, or ACME (the default).
+	Dev           bool
+	TLSCert       string
+	TLSKey        string
+	ACMEEmail     string
+	ACMEDirectory string
+	// ACMEHTTPClient talks to the ACME server; tests use it to trust a
+	// test CA such as Pebble.
+	ACMEHTTPClient *http.Client
+
+	// MaxBody is the largest request body forwarded (413 beyond it).
+	MaxBody int64
+	// ReadHeaderTimeout bounds how long a provider may take to send its
+	// request headers (slowloris).
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes providers' idle keep-alive connections.
+	IdleTimeout time.Duration
+	// ResponseTimeout bounds the wait for the agent's response headers;
+	// the agent's own, shorter timeout for the local app normally answers
+	// first with a 504 of its own.
+	ResponseTimeout time.Duration
+	// Heartbeat is the control-stream ping interval; a session silent for
+	// three intervals is closed.
+	Heartbeat time.Duration
+	// HandshakeTimeout bounds an agent's TLS/QUIC handshake plus Hello.
+	HandshakeTimeout time.Duration
+
+	Logger  *slog.Logger
+	Version string // build version, reported to agents
+}
+
+// Defaults.
+const (
+	DefaultMaxBody           = 32 << 20
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 90 * time.Second
+	DefaultResponseTimeout   = 2 * time.Minute
+	DefaultHeartbeat         = 5 * time.Second
+	DefaultHandshakeTimeout  = 10 * time.Second
+)
+
+// ErrConfig wraps every configuration error.
+var ErrConfig = errors.New("invalid server configuration")
+
+// withDefaults returns c with defaults filled in and checks it, naming the
+// bad field in its error.
+func (c Config) withDefaults() (Config, error) {
+	if c.Dev {
+		if c.Domain == "" {
+			c.Domain = "localhost"
+		}
+		if c.Listen == "" {
+			c.Listen = "127.0.0.1:8443"
+		}
+		if c.QUICListen == "" {
+			c.QUICListen = c.Listen
+		}
+		if c.HTTPListen == "" {
+			c.HTTPListen = "off"
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = ":443"
+	}
+	if c.QUICListen == "" {
+		c.QUICListen = ":443"
+	}
+	if c.HTTPListen == "" {
+		c.HTTPListen = ":80"
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = DefaultMaxBody
+	}
+	if c.ReadHeaderTimeout == 0 {
+		c.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.ResponseTimeout == 0 {
+		c.ResponseTimeout = DefaultResponseTimeout
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	c.Domain = strings.TrimSuffix(strings.ToLower(c.Domain), ".")
+
+	bad := func(field, format string, a ...any) (Config, error) {
+		return c, fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case c.Domain == "":
+		return bad("--domain", "required (the apex, e.g. relay.example.com; its wildcard *.DOMAIN must point here too)")
+	case strings.ContainsAny(c.Domain, ":/ "):
+		return bad("--domain", "%q is not a host name", c.Domain)
+	case c.DataDir == "":
+		return bad("--data", "required (a directory for the database and certificates)")
+	case c.MaxBody < 0:
+		return bad("--max-body", "must be positive")
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return bad("--tls-cert/--tls-key", "give both or neither")
+	case c.Dev && c.TLSCert != "":
+		return bad("--dev", "uses its own CA; drop --tls-cert/--tls-key")
+	case c.Heartbeat < 10*time.Millisecond:
+		return bad("heartbeat", "too short")
+	}
+	for _, a := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--quic-listen", c.QUICListen}, {"--http-listen", c.HTTPListen}} {
+		if a.addr == "off" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return bad(a.name, "%q is not HOST:PORT", a.addr)
+		}
+	}
+	if c.Listen == "off" {
+		return bad("--listen", "cannot be off")
+	}
+	return c, nil
+}
+

@@ -1,0 +1,374 @@
+// Package server is the relay server: the HTTPS edge providers post to,
+// the acceptors agents connect to over QUIC or TLS+yamux, the routing from
+// Host to tunnel, tokens and reserved names, and certificates.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/relaytunnel/relay/protocol"
+	"github.com/relaytunnel/relay/server/certs"
+	"github.com/relaytunnel/relay/server/store"
+)
+
+// Store is what the server needs from its state.
+type Store interface {
+	Authenticate(ctx context.Context, secret string) (store.Token, error)
+	NameOwner(ctx context.Context, name string) (string, error)
+}
+
+// Server is a running relay server. Start it with Start, stop it with
+// Shutdown.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	store Store
+	db    *store.Store // owned when opened by New
+	certs certs.Source
+	devCA *certs.DevCA
+	acme  *certs.ACME
+	reg   *registry
+
+	tcpLn    net.Listener
+	udpConn  *net.UDPConn
+	quicTr   *quic.Transport
+	quicLn   *quic.Listener
+	httpLn   net.Listener
+	https    *http.Server
+	redirect *http.Server
+	edge     *edge
+
+	ctx      context.Context // ends sessions on Shutdown
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // accept loops and sessions
+	draining atomic.Bool
+	flight   inflight
+}
+
+// New opens the store and the certificate source and binds every
+// listener, so a bad address or certificate fails here, before Start.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, db: st, reg: newRegistry()}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.setup(); err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) setup() error {
+	cfg := s.cfg
+	policy := certs.HostPolicy{Domain: cfg.Domain, Reserved: s.reserved}
+	var err error
+	switch {
+	case cfg.Dev:
+		// The dev CA costs nothing per name, so it serves every NAME.domain
+		// and an unknown name gets relay's 404 rather than a TLS alert.
+		devPolicy := certs.HostPolicy{Domain: cfg.Domain, Reserved: func(context.Context, string) (bool, error) { return true, nil }}
+		s.devCA, err = certs.NewDevCA(cfg.DataDir, devPolicy)
+		s.certs = s.devCA
+	case cfg.TLSCert != "":
+		s.certs, err = certs.LoadStatic(cfg.TLSCert, cfg.TLSKey, cfg.Domain)
+	default:
+		s.acme, err = certs.NewACME(certs.ACMEConfig{
+			Dir:          filepath.Join(cfg.DataDir, "acme"),
+			Email:        cfg.ACMEEmail,
+			DirectoryURL: cfg.ACMEDirectory,
+			HTTPClient:   cfg.ACMEHTTPClient,
+			Policy:       policy,
+			Logger:       s.log,
+		})
+		s.certs = s.acme
+	}
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+
+	s.tcpLn, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	if cfg.QUICListen != "off" {
+		qaddr := cfg.QUICListen
+		if qaddr == cfg.Listen {
+			// Same address: bind UDP on the port TCP actually got (":0").
+			host, _, _ := net.SplitHostPort(cfg.Listen)
+			qaddr = net.JoinHostPort(host, strconv.Itoa(s.tcpLn.Addr().(*net.TCPAddr).Port))
+		}
+		ua, err := net.ResolveUDPAddr("udp", qaddr)
+		if err != nil {
+			return fmt.Errorf("quic listen %s: %w", qaddr, err)
+		}
+		if s.udpConn, err = net.ListenUDP("udp", ua); err != nil {
+			return fmt.Errorf("quic listen %s: %w", qaddr, err)
+		}
+		s.quicTr = &quic.Transport{Conn: s.udpConn}
+		qtls := certs.TLSConfig(s.certs, []string{protocol.ALPN})
+		if s.quicLn, err = s.quicTr.Listen(qtls, protocol.QUICConfig()); err != nil {
+			return fmt.Errorf("quic listen %s: %w", qaddr, err)
+		}
+	}
+	if cfg.HTTPListen != "off" {
+		if s.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+			return fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
+		}
+	}
+
+	s.edge = newEdge(s)
+	tlsConf := certs.TLSConfig(s.certs, []string{protocol.ALPN, "h2", "http/1.1"})
+	s.https = &http.Server{
+		Handler:           s.edge,
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// Agents arrive on the same port, told apart by ALPN. The handler
+		// blocks for the session's life, as TLSNextProto requires.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){
+			protocol.ALPN: s.serveTLSAgent,
+		},
+	}
+	// Setting TLSNextProto silently turns HTTP/2 off unless asked for.
+	s.https.Protocols = new(http.Protocols)
+	s.https.Protocols.SetHTTP1(true)
+	s.https.Protocols.SetHTTP2(true)
+
+	if s.httpLn != nil {
+		var h http.Handler = certs.RedirectHTTPS()
+		if s.acme != nil {
+			h = s.acme.HTTPHandler(h)
+		}
+		s.redirect = &http.Server{Handler: h, ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout}
+	}
+	return nil
+}
+
+// Start serves in the background until Shutdown.
+func (s *Server) Start() {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.https.ServeTLS(s.tcpLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("https listener stopped", "err", err)
+		}
+	}()
+	if s.redirect != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.redirect.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("http listener stopped", "err", err)
+			}
+		}()
+	}
+	if s.quicLn != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.acceptQUIC()
+		}()
+	}
+	s.log.Info("relay server listening", "domain", s.cfg.Domain, "https", s.tcpLn.Addr().String(),
+		"quic", s.QUICAddr(), "http", s.HTTPAddr())
+}
+
+func (s *Server) acceptQUIC() {
+	for {
+		c, err := s.quicLn.Accept(s.ctx)
+		if err != nil {
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveSession(s.ctx, protocol.NewQUICSession(c))
+		}()
+	}
+}
+
+func (s *Server) serveTLSAgent(_ *http.Server, c *tls.Conn, _ http.Handler) {
+	sess, err := protocol.ServerYamux(c)
+	if err != nil {
+		c.Close()
+		return
+	}
+	s.serveSession(s.ctx, sess)
+}
+
+// Shutdown stops accepting, lets in-flight deliveries finish (until ctx
+// ends), then tells every agent to go away and waits for all goroutines.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- s.https.Shutdown(ctx) }()
+	if s.redirect != nil {
+		go s.redirect.Shutdown(ctx)
+	}
+	if s.quicLn != nil {
+		s.quicLn.Close()
+	}
+	err := s.flight.wait(ctx)
+	for _, t := range s.reg.all() {
+		t.ctrl.SendGoAway(protocol.GoAway{Reason: "shutdown", Message: "relay server is restarting"})
+		t.sess.Close()
+	}
+	s.cancel()
+	if herr := <-httpDone; err == nil && herr != nil && !errors.Is(herr, context.Canceled) {
+		err = herr
+	}
+	s.https.Close()
+	s.wg.Wait()
+	s.closeAll()
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) closeAll() {
+	s.cancel()
+	if s.quicTr != nil {
+		s.quicTr.Close()
+	}
+	if s.udpConn != nil {
+		s.udpConn.Close()
+	}
+	if s.tcpLn != nil {
+		s.tcpLn.Close()
+	}
+	if s.httpLn != nil {
+		s.httpLn.Close()
+	}
+	if s.db != nil {
+		s.db.Close()
+	}
+}
+
+// reserved is the certificate HostPolicy's question: does a token own label?
+func (s *Server) reserved(ctx context.Context, label string) (bool, error) {
+	_, err := s.store.NameOwner(ctx, label)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Addr is the TCP address for HTTPS and agents.
+func (s *Server) Addr() string { return s.tcpLn.Addr().String() }
+
+// QUICAddr is the UDP address for agents, or "" when QUIC is off.
+func (s *Server) QUICAddr() string {
+	if s.udpConn == nil {
+		return ""
+	}
+	return s.udpConn.LocalAddr().String()
+}
+
+// HTTPAddr is the plain-HTTP address, or "" when off.
+func (s *Server) HTTPAddr() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
+// Domain is the apex.
+func (s *Server) Domain() string { return s.cfg.Domain }
+
+// DevCAPath is the dev CA certificate file, or "" when not in Dev mode.
+func (s *Server) DevCAPath() string {
+	if s.devCA == nil {
+		return ""
+	}
+	return s.devCA.CertPath()
+}
+
+// PublicURL is the URL providers use for name.
+func (s *Server) PublicURL(name string) string {
+	port := s.cfg.PublicPort
+	if port == 0 {
+		port = s.tcpLn.Addr().(*net.TCPAddr).Port
+	}
+	host := name + "." + s.cfg.Domain
+	if port != 443 {
+		host = net.JoinHostPort(host, strconv.Itoa(port))
+	}
+	return "https://" + host
+}
+
+// Store gives the command line access to tokens on the same database.
+func (s *Server) Store() *store.Store { return s.db }
+
+// newID is a sortable, unique id with a prefix: "dlv_" + time + random.
+func newID(prefix string) string {
+	var b [6]byte
+	rand.Read(b[:])
+	return prefix + "_" + strconv.FormatInt(time.Now().UnixMilli(), 36) + hex.EncodeToString(b[:])
+}
+
+// inflight counts deliveries in progress so Shutdown can wait for them.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{}
+}
+
+func (f *inflight) add() {
+	f.mu.Lock()
+	f.n++
+	f.mu.Unlock()
+}
+
+func (f *inflight) done() {
+	f.mu.Lock()
+	f.n--
+	if f.n == 0 && f.zero != nil {
+		close(f.zero)
+		f.zero = nil
+	}
+	f.mu.Unlock()
+}
+
+func (f *inflight) wait(ctx context.Context) error {
+	f.mu.Lock()
+	if f.n == 0 {
+		f.mu.Unlock()
+		return nil
+	}
+	if f.zero == nil {
+		f.zero = make(chan struct{})
+	}
+	ch := f.zero
+	f.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("deliveries still in flight: %w", ctx.Err())
+	}
+}

@@ -1,0 +1,323 @@
+package server_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relaytunnel/relay/client"
+	"github.com/relaytunnel/relay/protocol"
+	"github.com/relaytunnel/relay/server"
+)
+
+// echoApp answers with what it received, so a test can compare both ends.
+func echoApp(t testing.TB) *httptest.Server {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-App", "yes")
+		w.WriteHeader(http.StatusCreated)
+		json.NewEncoder(w).Encode(map[string]any{
+			"method": r.Method, "uri": r.RequestURI, "host": r.Host, "body": string(body),
+			"headers": r.Header,
+		})
+	}))
+	t.Cleanup(app.Close)
+	return app
+}
+
+type echoed struct {
+	Method, URI, Host, Body string
+	Headers                 http.Header
+}
+
+func TestSmallPostRoundTrip(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := startServer(t)
+			app := echoApp(t)
+			a := runAgent(t, agentConfig(srv, tr, createToken(t, srv, "stripe-dev"), "stripe-dev", app.URL))
+			if got := a.Transport(); got != tr {
+				t.Fatalf("agent connected over %q, want %q", got, tr)
+			}
+			body := `{"id":"evt_1","type":"payment_intent.succeeded","amount":  100}`
+			req, _ := http.NewRequest("POST", tunnelURL(srv, "stripe-dev", "/webhooks?a=1&b=%2F"), strings.NewReader(body))
+			req.Header.Set("Stripe-Signature", "t=1,v1=abc")
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := providerClient(t, srv).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App") != "yes" {
+				t.Fatalf("status %d, X-App %q: the app's answer did not come back", resp.StatusCode, resp.Header.Get("X-App"))
+			}
+			var e echoed
+			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+				t.Fatal(err)
+			}
+			if e.Body != body {
+				t.Errorf("app got body %q, want it byte for byte %q", e.Body, body)
+			}
+			if e.URI != "/webhooks?a=1&b=%2F" {
+				t.Errorf("app got URI %q", e.URI)
+			}
+			if got := e.Headers.Get("Stripe-Signature"); got != "t=1,v1=abc" {
+				t.Errorf("Stripe-Signature = %q", got)
+			}
+			if got := e.Headers.Get("X-Forwarded-Proto"); got != "https" {
+				t.Errorf("X-Forwarded-Proto = %q", got)
+			}
+			if got := e.Headers.Get("X-Forwarded-For"); got != "127.0.0.1" {
+				t.Errorf("X-Forwarded-For = %q", got)
+			}
+			if got, want := e.Headers.Get("X-Forwarded-Host"), strings.TrimPrefix(srv.PublicURL("stripe-dev"), "https://"); got != want {
+				t.Errorf("X-Forwarded-Host = %q, want %q", got, want)
+			}
+			if e.Host != strings.TrimPrefix(app.URL, "http://") {
+				t.Errorf("app saw Host %q, want the local target's", e.Host)
+			}
+		})
+	}
+}
+
+// patternReader yields n deterministic bytes without holding them.
+type patternReader struct{ n, off int64 }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > p.n-p.off {
+		b = b[:p.n-p.off]
+	}
+	for i := range b {
+		b[i] = byte((p.off + int64(i)) * 7 % 251)
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+func patternSum(n int64) [32]byte {
+	h := sha256.New()
+	io.Copy(h, &patternReader{n: n})
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	return s
+}
+
+func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("100 MB bodies")
+	}
+	const size = 100 << 20
+	want := patternSum(size)
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := startServer(t, func(c *server.Config) { c.MaxBody = 200 << 20 })
+			app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == "POST" {
+					h := sha256.New()
+					n, _ := io.Copy(h, r.Body)
+					fmt.Fprintf(w, "%d %x", n, h.Sum(nil))
+					return
+				}
+				w.Header().Set("Content-Length", fmt.Sprint(size))
+				io.Copy(w, &patternReader{n: size})
+			}))
+			t.Cleanup(app.Close)
+			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "big"), "big", app.URL))
+			hc := providerClient(t, srv)
+			mem := watchHeap(t)
+
+			resp, err := hc.Post(tunnelURL(srv, "big", "/upload"), "application/octet-stream", &patternReader{n: size})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if wantS := fmt.Sprintf("%d %x", size, want); string(got) != wantS {
+				t.Fatalf("upload: app saw %q, want %q", got, wantS)
+			}
+
+			resp, err = hc.Get(tunnelURL(srv, "big", "/download"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := sha256.New()
+			n, err := io.Copy(h, resp.Body)
+			resp.Body.Close()
+			if err != nil || n != size || !bytes.Equal(h.Sum(nil), want[:]) {
+				t.Fatalf("download: %d bytes, err %v, checksum match %v", n, err, bytes.Equal(h.Sum(nil), want[:]))
+			}
+			peak := mem()
+			t.Logf("peak heap in use while moving 2 x 100 MB: %.1f MB", float64(peak)/(1<<20))
+			if peak > 48<<20 {
+				t.Fatalf("peak heap %d MB: bodies are being buffered, not streamed", peak>>20)
+			}
+		})
+	}
+}
+
+func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := startServer(t)
+			app := echoApp(t)
+			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "busy"), "busy", app.URL))
+			hc := providerClient(t, srv)
+			const n = 200
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					body := fmt.Sprintf(`{"n":%d}`, i)
+					resp, err := hc.Post(tunnelURL(srv, "busy", fmt.Sprintf("/hook/%d", i)), "application/json", strings.NewReader(body))
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer resp.Body.Close()
+					var e echoed
+					json.NewDecoder(resp.Body).Decode(&e)
+					if resp.StatusCode != http.StatusCreated || e.Body != body || e.URI != fmt.Sprintf("/hook/%d", i) {
+						errs <- fmt.Errorf("delivery %d: status %d, body %q, uri %q", i, resp.StatusCode, e.Body, e.URI)
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func TestTwoTunnelsAreIsolated(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := startServer(t)
+			appFor := func(id string) *httptest.Server {
+				app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, id) }))
+				t.Cleanup(app.Close)
+				return app
+			}
+			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "alpha"), "alpha", appFor("alpha-app").URL))
+			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "beta"), "beta", appFor("beta-app").URL))
+			hc := providerClient(t, srv)
+			for _, name := range []string{"alpha", "beta", "alpha"} {
+				resp, err := hc.Get(tunnelURL(srv, name, "/"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != name+"-app" {
+					t.Fatalf("%s reached %q", name, b)
+				}
+			}
+		})
+	}
+}
+
+func TestProviderErrors(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := startServer(t, func(c *server.Config) { c.MaxBody = 1 << 20 })
+			hc := providerClient(t, srv)
+			release := make(chan struct{})
+			slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+			}))
+			t.Cleanup(slow.Close)
+			t.Cleanup(func() { close(release) })
+			down := closedPort(t)
+			app := echoApp(t)
+
+			slowCfg := agentConfig(srv, tr, createToken(t, srv, "slow"), "slow", slow.URL)
+			slowCfg.Timeout = 300 * time.Millisecond
+			runAgent(t, slowCfg)
+			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "down"), "down", down))
+			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "ok"), "ok", app.URL))
+			createToken(t, srv, "offline")
+
+			tests := []struct {
+				name       string
+				do         func() (*http.Response, error)
+				wantStatus int
+				wantCode   string
+			}{
+				{"an unknown name is 404", func() (*http.Response, error) {
+					return hc.Post(tunnelURL(srv, "nobody", "/"), "text/plain", strings.NewReader("x"))
+				}, 404, "unknown_tunnel"},
+				{"a reserved name with no agent is 503 with Retry-After", func() (*http.Response, error) {
+					return hc.Post(tunnelURL(srv, "offline", "/"), "text/plain", strings.NewReader("x"))
+				}, 503, "tunnel_offline"},
+				{"a local app that refuses connections is 502", func() (*http.Response, error) {
+					return hc.Post(tunnelURL(srv, "down", "/"), "text/plain", strings.NewReader("x"))
+				}, 502, "local_app_unreachable"},
+				{"a local app that is too slow is 504", func() (*http.Response, error) {
+					return hc.Post(tunnelURL(srv, "slow", "/"), "text/plain", strings.NewReader("x"))
+				}, 504, "local_app_timeout"},
+				{"a body over the limit by Content-Length is 413", func() (*http.Response, error) {
+					return hc.Post(tunnelURL(srv, "ok", "/"), "text/plain", bytes.NewReader(make([]byte, 2<<20)))
+				}, 413, "body_too_large"},
+				{"a chunked body that grows over the limit is 413", func() (*http.Response, error) {
+					return hc.Post(tunnelURL(srv, "ok", "/"), "text/plain", io.MultiReader(&patternReader{n: 3 << 20}))
+				}, 413, "body_too_large"},
+			}
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					resp, err := tt.do()
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer resp.Body.Close()
+					var e struct{ Error, Message string }
+					json.NewDecoder(resp.Body).Decode(&e)
+					if resp.StatusCode != tt.wantStatus || e.Error != tt.wantCode || e.Message == "" {
+						t.Fatalf("got %d %+v, want %d %s with a message", resp.StatusCode, e, tt.wantStatus, tt.wantCode)
+					}
+					if tt.wantStatus == 503 && resp.Header.Get("Retry-After") == "" {
+						t.Fatal("503 without Retry-After")
+					}
+				})
+			}
+			// The tunnel still serves after all of that.
+			resp, err := hc.Post(tunnelURL(srv, "ok", "/"), "text/plain", strings.NewReader("still here"))
+			if err != nil || resp.StatusCode != http.StatusCreated {
+				t.Fatalf("after the errors: %v %v", resp, err)
+			}
+			resp.Body.Close()
+		})
+	}
+}
+
+// closedPort is an http URL on which nothing listens.
+func closedPort(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return "http://" + addr
+}
+
+var _ = client.Config{}
+var _ = protocol.Version
