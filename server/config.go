@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
 )
 
 // Config is everything a relay server needs; flags only fill it.
@@ -157,4 +156,3 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	return c, nil
 }
-

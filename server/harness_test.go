@@ -10,8 +10,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 

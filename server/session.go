@@ -147,4 +147,3 @@ func (s *Server) reject(sess protocol.Session, ctrl protocol.Stream, rj *protoco
 	case <-t.C:
 	}
 }
-

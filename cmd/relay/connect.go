@@ -72,4 +72,3 @@ func explainAgentError(err error, cfg client.Config) error {
 	}
 	return err
 }
-
