@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -191,6 +192,9 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config) (Session, er
 	d := tls.Dialer{Config: conf, NetDialer: &net.Dialer{KeepAlive: 15 * time.Second}}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
+		if strings.Contains(err.Error(), "no application protocol") {
+			return nil, fmt.Errorf("%w: %s does not speak %s; is it a relay server?", ErrVersionMismatch, addr, ALPN)
+		}
 		return nil, err
 	}
 	tc := c.(*tls.Conn)

@@ -128,6 +128,8 @@ func (s *Server) setup() error {
 		}
 		s.quicTr = &quic.Transport{Conn: s.udpConn}
 		qtls := certs.TLSConfig(s.certs, []string{protocol.ALPN})
+		// ACME challenges arrive over TCP only; QUIC speaks relay/1 alone.
+		qtls.NextProtos = []string{protocol.ALPN}
 		if s.quicLn, err = s.quicTr.Listen(qtls, protocol.QUICConfig()); err != nil {
 			return fmt.Errorf("quic listen %s: %w", qaddr, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -16,17 +17,27 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCmd().ExecuteContext(ctx)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "relay: "+oneLine(err))
-		code := 1
+	os.Exit(code)
+}
+
+// run executes one command line and returns the exit status; errors are
+// printed as one line on stderr.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmd := newRootCmd()
+	cmd.SetArgs(args)
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(stderr, "relay: "+oneLine(err))
 		var ec exitCoder
 		if errors.As(err, &ec) {
-			code = ec.ExitCode()
+			return ec.ExitCode()
 		}
-		os.Exit(code)
+		return 1
 	}
+	return 0
 }
 
 type exitCoder interface{ ExitCode() int }
