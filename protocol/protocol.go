@@ -70,6 +70,9 @@ type Hello struct {
 	Token   string `json:"token"`
 	Name    string `json:"name,omitempty"` // empty: the token's first name
 	Agent   string `json:"agent,omitempty"`
+	// NoQueue asks the server not to queue deliveries while this agent is
+	// offline: they get 503 with Retry-After instead of 202.
+	NoQueue bool `json:"no_queue,omitempty"`
 }
 
 // Welcome accepts a Hello.

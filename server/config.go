@@ -54,6 +54,10 @@ type Config struct {
 	Heartbeat time.Duration
 	// HandshakeTimeout bounds an agent's TLS/QUIC handshake plus Hello.
 	HandshakeTimeout time.Duration
+	// QueueMaxCount and QueueMaxBytes bound each name's offline queue;
+	// beyond them providers get 503 with Retry-After.
+	QueueMaxCount int
+	QueueMaxBytes int64
 
 	Logger  *slog.Logger
 	Version string // build version, reported to agents
@@ -67,6 +71,8 @@ const (
 	DefaultResponseTimeout   = 2 * time.Minute
 	DefaultHeartbeat         = 5 * time.Second
 	DefaultHandshakeTimeout  = 10 * time.Second
+	DefaultQueueMaxCount     = 10000
+	DefaultQueueMaxBytes     = 512 << 20
 )
 
 // ErrConfig wraps every configuration error.
@@ -115,6 +121,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.QueueMaxCount == 0 {
+		c.QueueMaxCount = DefaultQueueMaxCount
+	}
+	if c.QueueMaxBytes == 0 {
+		c.QueueMaxBytes = DefaultQueueMaxBytes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

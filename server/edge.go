@@ -21,12 +21,13 @@ import (
 
 // edge is the HTTPS handler providers talk to: Host -> tunnel -> stream.
 type edge struct {
-	s     *Server
-	proxy *httputil.ReverseProxy
+	s         *Server
+	proxy     *httputil.ReverseProxy
+	transport *streamTransport
 }
 
 func newEdge(s *Server) *edge {
-	e := &edge{s: s}
+	e := &edge{s: s, transport: &streamTransport{s: s}}
 	e.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
@@ -37,7 +38,7 @@ func newEdge(s *Server) *edge {
 			// agent must not answer it again into the response stream.
 			pr.Out.Header.Del("Expect")
 		},
-		Transport:    &streamTransport{s: s},
+		Transport:    e.transport,
 		ErrorHandler: e.proxyError,
 		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -83,9 +84,7 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t := s.reg.get(name)
 	if t == nil {
 		if ok, err := s.reserved(r.Context(), name); err == nil && ok {
-			w.Header().Set("Retry-After", "30")
-			writeError(w, http.StatusServiceUnavailable, "tunnel_offline",
-				fmt.Sprintf("the agent for %q is not connected; retry later or start `relay connect` for it", name))
+			e.serveOffline(w, r, name)
 			return
 		}
 		writeError(w, http.StatusNotFound, "unknown_tunnel", fmt.Sprintf("no tunnel named %q on this relay", name))

@@ -15,7 +15,8 @@ type tunnel struct {
 	sess        protocol.Session
 	ctrl        *protocol.Control
 	connectedAt time.Time
-	flight      inflight // deliveries on this session
+	flight      inflight      // deliveries on this session
+	kick        chan struct{} // wakes the queue drainer
 }
 
 // registry maps names to the tunnel serving them now.

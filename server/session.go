@@ -83,7 +83,15 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 	}
 	log.Info("agent connected", "agent", hello.Agent)
 
+	// The queue drains for as long as this session is the tunnel's.
+	qctx, stopQueue := context.WithCancel(ctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.drainQueue(qctx, t)
+	}()
 	err = t.ctrl.Run(ctx)
+	stopQueue()
 	s.reg.remove(t)
 	var ga *protocol.GoAwayError
 	switch {
@@ -129,7 +137,10 @@ func (s *Server) admit(ctx context.Context, h protocol.Hello, sess protocol.Sess
 		return nil, &protocol.Reject{Code: protocol.RejectNameNotAllowed, Version: protocol.Version,
 			Message: fmt.Sprintf("token %s may serve %v, not %q; on the server: relay token create --name %s", tok.ID, tok.Names, name, name)}
 	}
-	return &tunnel{name: name, tokenID: tok.ID, id: newID("ses"), sess: sess, connectedAt: time.Now()}, nil
+	if err := s.db.SetQueueing(ctx, name, !h.NoQueue); err != nil {
+		s.log.Error("record queueing choice", "name", name, "err", err)
+	}
+	return &tunnel{name: name, tokenID: tok.ID, id: newID("ses"), sess: sess, connectedAt: time.Now(), kick: make(chan struct{}, 1)}, nil
 }
 
 // reject sends rj and waits briefly for the agent to hang up: closing the

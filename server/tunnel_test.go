@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -255,6 +256,10 @@ func TestProviderErrors(t *testing.T) {
 			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "down"), "down", down))
 			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "ok"), "ok", app.URL))
 			createToken(t, srv, "offline")
+			// Queueing off (relay connect --no-queue): offline means 503.
+			if err := srv.Store().SetQueueing(context.Background(), "offline", false); err != nil {
+				t.Fatal(err)
+			}
 
 			tests := []struct {
 				name       string
@@ -265,7 +270,7 @@ func TestProviderErrors(t *testing.T) {
 				{"an unknown name is 404", func() (*http.Response, error) {
 					return hc.Post(tunnelURL(srv, "nobody", "/"), "text/plain", strings.NewReader("x"))
 				}, 404, "unknown_tunnel"},
-				{"a reserved name with no agent is 503 with Retry-After", func() (*http.Response, error) {
+				{"a reserved name with no agent and queueing off is 503 with Retry-After", func() (*http.Response, error) {
 					return hc.Post(tunnelURL(srv, "offline", "/"), "text/plain", strings.NewReader("x"))
 				}, 503, "tunnel_offline"},
 				{"a local app that refuses connections is 502", func() (*http.Response, error) {

@@ -26,6 +26,36 @@ var migrations = []string{
 		token_id TEXT NOT NULL REFERENCES tokens(id)
 	);
 	CREATE INDEX names_token ON names(token_id);`,
+	// 2: the durable queue of deliveries for offline tunnels, and the
+	// per-name delivery log of what became of them.
+	`CREATE TABLE queue (
+		seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+		name        TEXT NOT NULL,
+		delivery_id TEXT NOT NULL UNIQUE,
+		received_at INTEGER NOT NULL,
+		remote_addr TEXT NOT NULL,
+		method      TEXT NOT NULL,
+		uri         TEXT NOT NULL,
+		host        TEXT NOT NULL,
+		header      BLOB NOT NULL,
+		body        BLOB NOT NULL,
+		attempts    INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX queue_name ON queue(name, seq);
+	CREATE TABLE delivery_log (
+		seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+		name        TEXT NOT NULL,
+		delivery_id TEXT NOT NULL,
+		received_at INTEGER NOT NULL,
+		method      TEXT NOT NULL,
+		uri         TEXT NOT NULL,
+		queued      INTEGER NOT NULL,
+		outcome     TEXT NOT NULL,
+		status      INTEGER NOT NULL DEFAULT 0,
+		at          INTEGER NOT NULL
+	);
+	CREATE INDEX delivery_log_name ON delivery_log(name, seq);
+	ALTER TABLE names ADD COLUMN queue INTEGER NOT NULL DEFAULT 1;`,
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {
