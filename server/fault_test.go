@@ -1,0 +1,315 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestNothingLostUnderFaults sends deliveries from several senders while
+// the agent process, the relay server process (SIGKILL) and the local app
+// are stopped and started at random, and checks that every delivery the
+// relay answered 2xx reached the local app at least once.
+//
+// RELAY_FAULT_DELIVERIES (default 2000) and RELAY_FAULT_PACE (default
+// 8ms between one sender's deliveries) lengthen it into a soak.
+func TestNothingLostUnderFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds relay and runs processes")
+	}
+	total := envInt("RELAY_FAULT_DELIVERIES", 2000)
+	pace := 8 * time.Millisecond
+	if v := os.Getenv("RELAY_FAULT_PACE"); v != "" {
+		pace, _ = time.ParseDuration(v)
+	}
+	const senders = 4
+	bin := buildRelay(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "server")
+	port := freePort(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+
+	out, err := exec.Command(bin, "token", "create", "--name", "fault", "--data", data).CombinedOutput()
+	if err != nil {
+		t.Fatalf("token create: %v %s", err, out)
+	}
+	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+
+	// The local app: counts every id it receives.
+	var seenMu sync.Mutex
+	seen := map[string]int{}
+	app := &restartableApp{handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		seenMu.Lock()
+		seen[string(b)]++
+		seenMu.Unlock()
+	})}
+	app.start(t, "127.0.0.1:0")
+	defer app.stop()
+
+	srvProc := &proc{t: t, name: "server", args: []string{bin, "server", "--dev", "--listen", listen, "--data", data}}
+	agentProc := &proc{t: t, name: "agent", args: []string{bin, "connect", app.addr, "--server", "localhost:" + fmt.Sprint(port),
+		"--token", token, "--name", "fault", "--ca", filepath.Join(data, "dev-ca.pem")}}
+	defer srvProc.kill()
+	defer agentProc.kill()
+	srvProc.start()
+	waitListening(t, listen)
+	agentProc.start()
+
+	pem, _ := os.ReadFile(filepath.Join(data, "dev-ca.pem"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, listen)
+		},
+	}}
+	url := fmt.Sprintf("https://fault.localhost:%d/hook", port)
+
+	var (
+		accepted                              sync.Map
+		nAccepted, nQueued, nRefused, nFailed atomic.Int64
+	)
+	var wg sync.WaitGroup
+	per := total / senders
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				id := fmt.Sprintf("s%d-%d", s, i)
+				resp, err := hc.Post(url, "text/plain", strings.NewReader(id))
+				switch {
+				case err != nil:
+					nFailed.Add(1)
+				case resp.StatusCode/100 == 2:
+					accepted.Store(id, true)
+					nAccepted.Add(1)
+					if resp.StatusCode == http.StatusAccepted {
+						nQueued.Add(1)
+					}
+				default:
+					nRefused.Add(1)
+				}
+				if resp != nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				time.Sleep(pace) // pacing the senders, not synchronisation
+			}
+		}()
+	}
+
+	// Faults at random moments until the senders are done.
+	sendersDone := make(chan struct{})
+	go func() { wg.Wait(); close(sendersDone) }()
+	faults := map[string]int{}
+	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
+loop:
+	for {
+		select {
+		case <-sendersDone:
+			break loop
+		case <-time.After(time.Duration(150+rng.IntN(400)) * time.Millisecond):
+		}
+		switch rng.IntN(3) {
+		case 0:
+			faults["agent killed"]++
+			agentProc.kill()
+			agentProc.start()
+		case 1:
+			faults["server killed"]++
+			srvProc.kill()
+			srvProc.start()
+			waitListening(t, listen)
+		case 2:
+			faults["app stopped"]++
+			app.stop()
+			time.Sleep(time.Duration(50+rng.IntN(200)) * time.Millisecond) // the app stays down a while
+			app.start(t, app.addr)
+		}
+		if agentProc.exited() {
+			agentProc.start()
+		}
+	}
+	if agentProc.exited() {
+		agentProc.start()
+	}
+
+	// Everything accepted must arrive.
+	missing := func() []string {
+		seenMu.Lock()
+		defer seenMu.Unlock()
+		var m []string
+		accepted.Range(func(k, _ any) bool {
+			if seen[k.(string)] == 0 {
+				m = append(m, k.(string))
+			}
+			return true
+		})
+		return m
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for len(missing()) > 0 && time.Now().Before(deadline) {
+		if agentProc.exited() {
+			agentProc.start()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	seenMu.Lock()
+	delivered, dups := 0, 0
+	for _, n := range seen {
+		delivered++
+		dups += n - 1
+	}
+	seenMu.Unlock()
+	t.Logf("sent %d, accepted %d (queued 202: %d), delivered %d distinct, duplicates %d, refused %d (non-2xx), failed %d (no answer); faults %v",
+		senders*per, nAccepted.Load(), nQueued.Load(), delivered, dups, nRefused.Load(), nFailed.Load(), faults)
+	if m := missing(); len(m) > 0 {
+		t.Fatalf("%d deliveries answered 2xx never reached the app, e.g. %v", len(m), m[:min(5, len(m))])
+	}
+}
+
+type proc struct {
+	t    *testing.T
+	name string
+	args []string
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (p *proc) start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cmd := exec.Command(p.args[0], p.args[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if os.Getenv("RELAY_FAULT_VERBOSE") != "" {
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	}
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("start %s: %v", p.name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	p.cmd, p.done = cmd, done
+}
+
+func (p *proc) kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return
+	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+	p.cmd = nil
+}
+
+func (p *proc) exited() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return true
+	}
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+type restartableApp struct {
+	handler http.Handler
+	addr    string
+	srv     *http.Server
+	done    chan struct{}
+}
+
+func (a *restartableApp) start(t *testing.T, addr string) {
+	var ln net.Listener
+	var err error
+	for range 50 { // the old socket may take a moment to go
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("app listen %s: %v", addr, err)
+	}
+	a.addr = ln.Addr().String()
+	a.srv = &http.Server{Handler: a.handler}
+	a.done = make(chan struct{})
+	go func() { a.srv.Serve(ln); close(a.done) }()
+}
+
+func (a *restartableApp) stop() {
+	if a.srv == nil {
+		return
+	}
+	a.srv.Close()
+	<-a.done
+	a.srv = nil
+}
+
+func buildRelay(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "relay")
+	cmd := exec.Command("go", "build", "-o", bin, "../cmd/relay")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build relay: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never listened", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func envInt(name string, def int) int {
+	var n int
+	if _, err := fmt.Sscan(os.Getenv(name), &n); err != nil || n <= 0 {
+		return def
+	}
+	return n
+}
