@@ -114,6 +114,8 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (e *edge) serveApex(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
+	case "/api/log":
+		e.serveLog(w, r)
 	case "/healthz":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")

@@ -98,9 +98,29 @@ func TestOfflineDeliveriesAreQueuedAndHandedOverInOrder(t *testing.T) {
 				n, _ := srv.Store().QueueLen(context.Background(), "sleepy")
 				return n == 0
 			})
-			log, err := srv.Store().DeliveryLog(context.Background(), "sleepy", 100)
-			if err != nil || len(log) != 2*n || log[0].Outcome != "delivered" || log[0].Status != 200 {
-				t.Fatalf("delivery log: %d entries, newest %+v, %v", len(log), log[0], err)
+			// The agent's token reads the log of what happened while offline.
+			req, _ := http.NewRequest("GET", "https://"+srv.Domain()+"/api/log?name=sleepy", nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lg struct {
+				Queued  int
+				Entries []struct {
+					Outcome string
+					Status  int
+					Queued  bool
+				}
+			}
+			json.NewDecoder(resp.Body).Decode(&lg)
+			resp.Body.Close()
+			if len(lg.Entries) != 2*n || lg.Entries[0].Outcome != "delivered" || lg.Entries[0].Status != 200 || lg.Queued != 0 {
+				t.Fatalf("delivery log: %d %+v", resp.StatusCode, lg)
+			}
+			req.Header.Set("Authorization", "Bearer relay_wrong")
+			if resp, err := hc.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("log with a bad token: %v %v", resp, err)
 			}
 		})
 	}
