@@ -62,6 +62,8 @@ over QUIC (UDP) or TLS (TCP) on the same port. Certificates come from Let's Encr
 	f.StringVar(&cfg.ACMEEmail, "acme-email", "", "contact address for Let's Encrypt")
 	f.StringVar(&cfg.ACMEDirectory, "acme-directory", "", "ACME directory URL (default Let's Encrypt production)")
 	f.Int64Var(&cfg.MaxBody, "max-body", server.DefaultMaxBody, "largest request body forwarded, in bytes (413 beyond)")
+	f.IntVar(&cfg.QueueMaxCount, "queue-max-count", server.DefaultQueueMaxCount, "deliveries kept per offline tunnel (503 beyond)")
+	f.Int64Var(&cfg.QueueMaxBytes, "queue-max-bytes", server.DefaultQueueMaxBytes, "bytes of bodies kept per offline tunnel (503 beyond)")
 	f.DurationVar(&drain, "drain", 30*time.Second, "on SIGTERM, how long in-flight deliveries may take to finish")
 	return cmd
 }
