@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -143,15 +144,21 @@ func TestAutoMovesBackToQUICWhenItReturns(t *testing.T) {
 	gate := newUDPGate(t, srv.QUICAddr(), false) // UDP blocked at first
 	cfg := agentConfig(srv, "auto", createToken(t, srv, "roam"), "roam", app.URL)
 	cfg.QUICServer = gate.addr()
-	cfg.QUICTimeout = 300 * time.Millisecond
+	cfg.QUICTimeout = 2 * time.Second
 	cfg.QUICRetry = 100 * time.Millisecond
 	console := &syncBuffer{}
 	cfg.Console = console
+	cfg.Logger = slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	a := runAgent(t, cfg)
 	if a.Transport() != protocol.TransportTCP {
 		t.Fatalf("with UDP blocked the agent is on %q", a.Transport())
 	}
 	gate.open.Store(true)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("console:\n%s", console.String())
+		}
+	})
 	waitFor(t, "the agent to move to QUIC", func() bool { return a.Transport() == protocol.TransportQUIC })
 	resp, err := providerClient(t, srv).Get(tunnelURL(srv, "roam", "/"))
 	if err != nil || resp.StatusCode != http.StatusCreated {
