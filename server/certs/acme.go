@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -106,9 +107,17 @@ func (a *ACME) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, err
 		a.log.Debug("certificate refused", "name", name, "reason", err)
 		return nil, err
 	}
-	if hello.ServerName != name {
+	if hello.ServerName != name || onlyTLS13(hello) {
 		h := *hello
 		h.ServerName = name
+		if onlyTLS13(hello) {
+			// autocert picks ECDSA only when the hello offers an ECDSA
+			// TLS 1.2 suite. A TLS 1.3-only client (every QUIC client)
+			// offers none, so it would order a second, RSA certificate for
+			// the same name; TLS 1.3 chooses by signature scheme, which
+			// autocert still checks.
+			h.CipherSuites = append(slices.Clip(h.CipherSuites), tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+		}
 		hello = &h
 	}
 	ctx := hello.Context()
@@ -155,6 +164,19 @@ func (a *ACME) HTTPHandler(fallback http.Handler) http.Handler {
 		fallback = RedirectHTTPS()
 	}
 	return a.m.HTTPHandler(fallback)
+}
+
+// onlyTLS13 reports whether the client offers TLS 1.3 and nothing older.
+func onlyTLS13(hello *tls.ClientHelloInfo) bool {
+	if len(hello.SupportedVersions) == 0 {
+		return false
+	}
+	for _, v := range hello.SupportedVersions {
+		if v < tls.VersionTLS13 {
+			return false
+		}
+	}
+	return true
 }
 
 func (a *ACME) challengeProtos() []string { return []string{acme.ALPNProto} }

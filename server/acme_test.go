@@ -1,0 +1,383 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/relaytunnel/relay/client"
+	"github.com/relaytunnel/relay/server"
+	"github.com/relaytunnel/relay/server/certs/pebbletest"
+)
+
+// acmeDomain has no public CA: only Pebble's DNS stub resolves it.
+const acmeDomain = "relay.test"
+
+// acmeRelay is how to start a relay server in ACME mode against Pebble;
+// starting it twice with the same fields is a restart.
+type acmeRelay struct {
+	pebble     *pebbletest.Pebble
+	dataDir    string
+	listen     string
+	quicListen string
+	httpListen string
+}
+
+// start runs the server until the returned stop (or the test's end).
+func (r acmeRelay) start(t *testing.T) (*server.Server, func()) {
+	t.Helper()
+	logs := &syncBuffer{}
+	srv, err := server.New(context.Background(), server.Config{
+		Domain:         acmeDomain,
+		Listen:         r.listen,
+		QUICListen:     r.quicListen,
+		HTTPListen:     r.httpListen,
+		DataDir:        r.dataDir,
+		ACMEEmail:      "ops@relay.test",
+		ACMEDirectory:  r.pebble.DirectoryURL,
+		ACMEHTTPClient: r.pebble.HTTPClient(),
+		Heartbeat:      200 * time.Millisecond,
+		Logger:         slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatalf("start ACME server: %v", err)
+	}
+	srv.Start()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Errorf("shutdown: %v", err)
+			}
+		})
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("relay server log:\n%s", logs.String())
+		}
+	})
+	return srv, stop
+}
+
+// acmeAgentConfig is an agent that trusts only Pebble's issuing root, so
+// connecting at all proves the apex certificate came from the ACME CA.
+func acmeAgentConfig(srv *server.Server, pebble *pebbletest.Pebble, transport, token, name, target string) client.Config {
+	return client.Config{
+		Server:     srv.Addr(),
+		QUICServer: srv.QUICAddr(),
+		ServerName: acmeDomain,
+		Token:      token,
+		Name:       name,
+		Transport:  transport,
+		RootCAs:    pebble.Roots(),
+		Target:     target,
+		MaxBackoff: 200 * time.Millisecond,
+		// The first handshake waits while the server obtains the apex
+		// certificate, which under -race can outlast the default.
+		QUICTimeout: 20 * time.Second,
+	}
+}
+
+// connectAgent starts an agent, waits until it is connected, and returns
+// a stop that waits for Run to return (also called when the test ends).
+func connectAgent(t *testing.T, cfg client.Config) (*client.Agent, func()) {
+	t.Helper()
+	a, err := client.New(cfg)
+	if err != nil {
+		t.Fatalf("new agent: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-errc:
+			case <-time.After(15 * time.Second):
+				t.Error("agent did not stop within 15s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	select {
+	case <-a.Ready():
+	case err := <-errc:
+		t.Fatalf("agent stopped before connecting: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not connect in 30s")
+	}
+	return a, stop
+}
+
+// pebbleTrustingClient is a provider's HTTPS client that trusts only
+// Pebble's issuing root and sends every host to addr. Keep-alives are off
+// so every request makes its own handshake and sees the certificate the
+// server serves now.
+func pebbleTrustingClient(t *testing.T, addr string, roots *x509.CertPool) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+		DisableKeepAlives: true,
+		ForceAttemptHTTP2: true,
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// deliver posts through the tunnel, checks that the local app's answer
+// came back, and returns the certificate the relay served.
+func deliver(t *testing.T, hc *http.Client, url string) *x509.Certificate {
+	t.Helper()
+	body := `{"id":"evt_acme","type":"ping"}`
+	resp, err := hc.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("delivery to %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App") != "yes" {
+		t.Fatalf("delivery to %s: status %d, X-App %q: the app's answer did not come back", url, resp.StatusCode, resp.Header.Get("X-App"))
+	}
+	var e echoed
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Body != body {
+		t.Fatalf("app got body %q, want %q", e.Body, body)
+	}
+	return resp.TLS.PeerCertificates[0]
+}
+
+// acmeHandshake dials addr with SNI name, trusting only roots.
+func acmeHandshake(addr, name string, roots *x509.CertPool) (*x509.Certificate, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: &tls.Config{ServerName: name, RootCAs: roots}}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
+}
+
+// TestACMEServerObtainsCertificatesAndReusesThemAfterRestart runs the relay
+// in ACME mode against Pebble with real TLS-ALPN-01 validation on the
+// relay's own TCP listener.
+func TestACMEServerObtainsCertificatesAndReusesThemAfterRestart(t *testing.T) {
+	const tunnel = "hooks"
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			// Pebble must know the relay's ports before the relay binds them,
+			// and the restart must get the same ones.
+			port, httpPort := freePort(t), freePort(t)
+			pebble := pebbletest.Start(t, port, httpPort)
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+			relay := acmeRelay{
+				pebble:     pebble,
+				dataDir:    t.TempDir(),
+				listen:     addr,
+				quicListen: addr,
+				httpListen: net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort)),
+			}
+			srv, stopServer := relay.start(t)
+			if n := pebble.Orders(); n != 0 {
+				t.Fatalf("%d orders before any handshake, want none", n)
+			}
+			token := createToken(t, srv, tunnel)
+			app := echoApp(t)
+			hc := pebbleTrustingClient(t, srv.Addr(), pebble.Roots())
+
+			a, stopAgent := connectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
+			if got := a.Transport(); got != tr {
+				t.Fatalf("agent connected over %q, want %q", got, tr)
+			}
+			if n := pebble.Orders(); n != 1 {
+				t.Fatalf("%d orders after the agent connected, want 1 (the apex)", n)
+			}
+			apex, err := acmeHandshake(srv.Addr(), acmeDomain, pebble.Roots())
+			if err != nil {
+				t.Fatalf("apex handshake: %v", err)
+			}
+			if err := apex.VerifyHostname(acmeDomain); err != nil {
+				t.Fatal(err)
+			}
+
+			leaf := deliver(t, hc, srv.PublicURL(tunnel)+"/hook")
+			if err := leaf.VerifyHostname(tunnel + "." + acmeDomain); err != nil {
+				t.Fatalf("tunnel certificate: %v", err)
+			}
+			if n := pebble.Orders(); n != 2 {
+				t.Fatalf("%d orders after the first delivery, want 2 (apex and %s)", n, tunnel)
+			}
+
+			if _, err := acmeHandshake(srv.Addr(), "nobody."+acmeDomain, pebble.Roots()); err == nil {
+				t.Fatal("a name no token reserved got a certificate")
+			}
+			if n := pebble.Orders(); n != 2 {
+				t.Fatalf("the CA was asked for a name no token reserved (%d orders, want 2)", n)
+			}
+
+			// Restart on the same data directory and ports: both
+			// certificates come from the cache, none from the CA.
+			stopAgent()
+			stopServer()
+			srv, _ = relay.start(t)
+			connectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
+			again := deliver(t, hc, srv.PublicURL(tunnel)+"/hook")
+			if again.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+				t.Errorf("after restart %s has serial %s, want the cached %s", tunnel, again.SerialNumber, leaf.SerialNumber)
+			}
+			apexAgain, err := acmeHandshake(srv.Addr(), acmeDomain, pebble.Roots())
+			if err != nil {
+				t.Fatalf("apex handshake after restart: %v", err)
+			}
+			if apexAgain.SerialNumber.Cmp(apex.SerialNumber) != 0 {
+				t.Errorf("after restart the apex has serial %s, want the cached %s", apexAgain.SerialNumber, apex.SerialNumber)
+			}
+			if n := pebble.Orders(); n != 2 {
+				t.Errorf("restart placed %d new orders, want 0", n-2)
+			}
+		})
+	}
+}
+
+// TestACMEServerObtainsCertificateWithHTTP01 has Pebble's TLS-ALPN-01
+// check hit a port that hangs up, so autocert falls back to HTTP-01, which
+// the relay answers on its HTTPListen.
+//
+// Pebble always sends "Host: NAME:PORT" (even for port 80) and autocert's
+// host policy refuses a Host with a port; Let's Encrypt sends the bare
+// name. So a front on Pebble's HTTP port strips the port and forwards to
+// the relay's HTTP listener: it stands in for port 80 and changes nothing
+// else. The last table row shows the relay's own refusal of the ported Host.
+func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
+	const tunnel = "web"
+	hangup, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tlsALPNTries atomic.Int64
+	var hangupDone sync.WaitGroup
+	hangupDone.Go(func() {
+		for {
+			conn, err := hangup.Accept()
+			if err != nil {
+				return
+			}
+			tlsALPNTries.Add(1)
+			conn.Close()
+		}
+	})
+	t.Cleanup(func() {
+		hangup.Close()
+		hangupDone.Wait()
+	})
+	frontLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pebble := pebbletest.Start(t, hangup.Addr().(*net.TCPAddr).Port, frontLn.Addr().(*net.TCPAddr).Port)
+
+	srv, _ := acmeRelay{
+		pebble:     pebble,
+		dataDir:    t.TempDir(),
+		listen:     "127.0.0.1:0",
+		quicListen: "off",
+		httpListen: "127.0.0.1:0",
+	}.start(t)
+
+	var challengesAnswered atomic.Int64
+	front := httptest.NewUnstartedServer(&httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&url.URL{Scheme: "http", Host: srv.HTTPAddr()})
+			pr.Out.Host = pr.In.Host
+			if host, _, err := net.SplitHostPort(pr.In.Host); err == nil {
+				pr.Out.Host = host
+			}
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if strings.HasPrefix(resp.Request.URL.Path, "/.well-known/acme-challenge/") && resp.StatusCode == http.StatusOK {
+				challengesAnswered.Add(1)
+			}
+			return nil
+		},
+	})
+	front.Listener.Close()
+	front.Listener = frontLn
+	front.Start()
+	t.Cleanup(front.Close)
+
+	createToken(t, srv, tunnel)
+	name := tunnel + "." + acmeDomain
+	leaf, err := acmeHandshake(srv.Addr(), name, pebble.Roots())
+	if err != nil {
+		t.Fatalf("handshake for %s: %v", name, err)
+	}
+	if err := leaf.VerifyHostname(name); err != nil {
+		t.Fatal(err)
+	}
+	if tlsALPNTries.Load() == 0 {
+		t.Error("the CA never tried TLS-ALPN-01, so the fallback was not exercised")
+	}
+	if challengesAnswered.Load() == 0 {
+		t.Error("the relay's HTTP listener never answered an HTTP-01 challenge")
+	}
+
+	tests := []struct {
+		name     string
+		host     string
+		path     string
+		wantCode int
+		wantLoc  string
+	}{
+		{"challenge for an unreserved name is forbidden", "nobody." + acmeDomain, "/.well-known/acme-challenge/x", http.StatusForbidden, ""},
+		{"unknown challenge token is not found", name, "/.well-known/acme-challenge/x", http.StatusNotFound, ""},
+		{"other paths redirect to HTTPS", name, "/hook?a=1", http.StatusPermanentRedirect, "https://" + name + "/hook?a=1"},
+		{"challenge with a port in Host is forbidden", net.JoinHostPort(name, "80"), "/.well-known/acme-challenge/x", http.StatusForbidden, ""},
+	}
+	noRedirect := &http.Client{
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Timeout:       10 * time.Second,
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequest(http.MethodGet, "http://"+srv.HTTPAddr()+tt.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = tt.host
+			resp, err := noRedirect.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tt.wantCode {
+				t.Errorf("status %d, want %d", resp.StatusCode, tt.wantCode)
+			}
+			if got := resp.Header.Get("Location"); got != tt.wantLoc {
+				t.Errorf("Location %q, want %q", got, tt.wantLoc)
+			}
+		})
+	}
+}
