@@ -34,8 +34,14 @@ type Agent struct {
 	probing  atomic.Bool    // a QUIC upgrade handshake is under way
 	current  atomic.Pointer[sessionState]
 
-	// OnDelivery, when set before Run, is called after every delivery.
+	rec *recorder // nil without a store
+
+	// OnDelivery, when set before Run, is called after every delivery
+	// (once it is recorded, when there is a store).
 	OnDelivery func(*Delivery)
+	// OnRecorded, when set before Run, is called with the id of every
+	// recording the agent writes, replays included (the inspector's feed).
+	OnRecorded func(id int64)
 }
 
 type sessionState struct {
@@ -44,8 +50,9 @@ type sessionState struct {
 
 // link is a session that has completed its handshake.
 type link struct {
-	sess protocol.Session
-	ctrl protocol.Stream
+	sess     protocol.Session
+	ctrl     protocol.Stream
+	upgraded bool // replaces a TCP session (auto moving back to QUIC)
 }
 
 // New checks cfg and builds an agent; Run connects it.
@@ -56,6 +63,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: r, ready: make(chan struct{}), ln: newStreamListener()}
 	a.fwd = newForwarder(r, a.onDelivery)
+	if r.Store != nil {
+		a.rec = newRecorder(r.Store, r.Logger, a.recorded)
+	}
 	return a, nil
 }
 
@@ -83,6 +93,12 @@ func (a *Agent) Transport() string {
 // connection must succeed: a wrong address should be said at once, not
 // retried forever.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.rec != nil {
+		a.rec.start()
+		// Deliveries are all answered (the server below has shut down)
+		// before the last recordings are written.
+		defer a.rec.stop()
+	}
 	srvDone := make(chan struct{})
 	go func() {
 		defer close(srvDone)
@@ -108,7 +124,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			l, err = a.connect(ctx, a.cfg.Transport)
 		}
 		if err == nil {
-			if connected {
+			if l.upgraded {
+				a.say("moved to QUIC")
+			} else if connected {
 				a.say("connected again via %s: %s", transportName(l.sess), a.Welcome().URL)
 			} else {
 				w := a.Welcome()
@@ -119,7 +137,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.readyOK.Do(func() { close(a.ready) })
 			next, err = a.serve(ctx, l)
 			if next != nil {
-				a.say("moved to QUIC")
+				next.upgraded = true
 				continue
 			}
 		}
@@ -223,7 +241,7 @@ func (a *Agent) handshake(ctx context.Context, sess protocol.Session) (protocol.
 	}
 	deadline, _ := hctx.Deadline()
 	ctrl.SetDeadline(deadline)
-	hello := protocol.Hello{Version: protocol.Version, Token: a.cfg.Token, Name: a.cfg.Name, Agent: "relay/" + a.cfg.Version}
+	hello := protocol.Hello{Version: protocol.Version, Token: a.cfg.Token, Name: a.cfg.Name, Agent: "relay/" + a.cfg.Version, NoQueue: a.cfg.NoQueue}
 	if err := protocol.WriteMessage(ctrl, protocol.FrameHello, hello); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)
 	}
@@ -351,6 +369,16 @@ func (a *Agent) acceptLoop(sess protocol.Session) {
 			st.Close()
 			return
 		}
+	}
+}
+
+// recorded is the recorder's notice that a recording was written.
+func (a *Agent) recorded(d *Delivery, id int64) {
+	if d != nil && a.OnDelivery != nil {
+		a.OnDelivery(d)
+	}
+	if a.OnRecorded != nil && id != 0 {
+		a.OnRecorded(id)
 	}
 }
 

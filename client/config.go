@@ -13,9 +13,13 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/relaytunnel/relay/client/provider"
+	"github.com/relaytunnel/relay/client/record"
 )
 
 // Config is everything an agent needs; flags only fill it.
@@ -50,6 +54,25 @@ type Config struct {
 	// MaxBackoff caps the reconnect delay.
 	MaxBackoff time.Duration
 
+	// Store records every delivery; nil records nothing.
+	Store *record.Store
+	// Secrets maps a provider name to its signing secret (--secret
+	// PROVIDER=SECRET): each delivery gets a signature verdict.
+	Secrets map[string]string
+	// VerifyReject answers 401 instead of forwarding a delivery whose
+	// signature does not hold (or is missing where a secret is set).
+	VerifyReject bool
+	// Dedup forwards each provider event id once within DedupWindow;
+	// later copies are answered 200 without reaching the local app.
+	Dedup       bool
+	DedupWindow time.Duration
+	// Retry keeps resending a delivery the local app refused or answered
+	// with a 5xx, with backoff, for at most this long (0: no retries).
+	Retry time.Duration
+	// NoQueue asks the relay not to queue deliveries while this agent is
+	// offline: providers get 503 and retry by themselves.
+	NoQueue bool
+
 	// Console receives one human line per delivery and per state change.
 	Console io.Writer
 	Logger  *slog.Logger
@@ -70,10 +93,12 @@ var ErrConfig = errors.New("invalid agent configuration")
 // resolved is a Config with defaults applied and derived values computed.
 type resolved struct {
 	Config
-	target  *url.URL
-	tcpAddr string
-	udpAddr string
-	tls     *tls.Config
+	target   *url.URL
+	tcpAddr  string
+	udpAddr  string
+	tls      *tls.Config
+	bodyCap  int64
+	verifier *provider.Verifier
 }
 
 func (c Config) resolve() (*resolved, error) {
@@ -107,6 +132,9 @@ func (c Config) resolve() (*resolved, error) {
 	if c.Version == "" {
 		c.Version = "dev"
 	}
+	if c.DedupWindow <= 0 {
+		c.DedupWindow = DefaultDedupWindow
+	}
 	switch {
 	case c.Server == "":
 		return bad("--server", "required (HOST[:PORT] of your relay server, or set RELAY_SERVER)")
@@ -116,8 +144,24 @@ func (c Config) resolve() (*resolved, error) {
 		return bad("--transport", "%q is not auto, quic or tcp", c.Transport)
 	case c.HostHeader != "rewrite" && c.HostHeader != "preserve":
 		return bad("--host-header", "%q is not rewrite or preserve", c.HostHeader)
+	case c.Retry < 0:
+		return bad("--retry", "must not be negative")
 	}
-	r := &resolved{Config: c}
+	for name, secret := range c.Secrets {
+		if !slices.Contains(provider.Names(), name) {
+			return bad("--secret", "unknown provider %q (known: %s)", name, strings.Join(provider.Names(), ", "))
+		}
+		if secret == "" {
+			return bad("--secret", "empty secret for %s", name)
+		}
+	}
+	if c.VerifyReject && len(c.Secrets) == 0 {
+		return bad("--verify", "reject needs at least one --secret PROVIDER=SECRET")
+	}
+	r := &resolved{Config: c, bodyCap: record.DefaultBodyCap, verifier: &provider.Verifier{Secrets: c.Secrets}}
+	if c.Store != nil {
+		r.bodyCap = c.Store.BodyCap()
+	}
 	var err error
 	if r.target, err = ParseTarget(c.Target); err != nil {
 		return bad("target", "%v", err)

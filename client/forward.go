@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,10 +11,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/relaytunnel/relay/client/provider"
+	"github.com/relaytunnel/relay/client/record"
 	"github.com/relaytunnel/relay/protocol"
 )
 
@@ -30,6 +34,20 @@ type Delivery struct {
 	Finished   time.Time
 	ReqBytes   int64
 	RespBytes  int64
+
+	// ReqBody and RespBody hold the first bytes of each body, up to the
+	// recording cap; the Truncated flags say there was more.
+	ReqBody, RespBody                   []byte
+	ReqBodyTruncated, RespBodyTruncated bool
+
+	Provider provider.Recognition
+	Verdict  provider.Verdict
+	// Outcome is one of record's Outcome constants.
+	Outcome     string
+	Attempts    []record.Attempt
+	DuplicateOf int64
+	// RecordID is set once the recording is written (0 without a store).
+	RecordID int64
 }
 
 // deliveryConn is a delivery stream as the HTTP server sees it: reading
@@ -104,15 +122,17 @@ type connKey struct{}
 // forwarder serves HTTP on delivery streams and proxies to the local app
 // over a pooled transport.
 type forwarder struct {
-	cfg    *resolved
-	srv    *http.Server
-	proxy  *httputil.ReverseProxy
-	report func(*Delivery)
+	cfg       *resolved
+	srv       *http.Server
+	proxy     *httputil.ReverseProxy
+	transport *http.Transport
+	report    func(*Delivery)
+	dedup     *dedup
 }
 
 func newForwarder(cfg *resolved, report func(*Delivery)) *forwarder {
-	f := &forwarder{cfg: cfg, report: report}
-	transport := &http.Transport{
+	f := &forwarder{cfg: cfg, report: report, dedup: newDedup(cfg.Store, cfg.DedupWindow)}
+	f.transport = &http.Transport{
 		Proxy:                 nil, // the local app is local; never go through HTTP_PROXY
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:          256,
@@ -136,9 +156,10 @@ func newForwarder(cfg *resolved, report func(*Delivery)) *forwarder {
 				}
 			}
 		},
-		Transport:    transport,
-		ErrorHandler: f.proxyError,
-		ErrorLog:     slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		Transport:      &retryTransport{base: f.transport, budget: cfg.Retry, cfg: cfg},
+		ModifyResponse: f.answered,
+		ErrorHandler:   f.proxyError,
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	f.srv = &http.Server{
 		Handler:           f,
@@ -158,30 +179,139 @@ func (f *forwarder) shutdown(ctx context.Context) {
 	if err := f.srv.Shutdown(ctx); err != nil {
 		f.srv.Close()
 	}
+	f.transport.CloseIdleConnections()
 }
 
-// ServeHTTP forwards one delivery and reports it.
+// ServeHTTP forwards one delivery and reports it. The first BodyCap bytes
+// of the body are read before forwarding: they are what is recorded, what
+// recognition and the signature check read, and what --retry resends. A
+// larger body streams on behind them and is checked by nobody.
 func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	dc, _ := r.Context().Value(connKey{}).(*deliveryConn)
-	d := &Delivery{Request: r, Started: time.Now()}
+	d := &Delivery{Request: r, Started: time.Now(), Outcome: record.OutcomeForwarded}
 	if dc != nil {
 		d.Header, d.Transport, d.Started = dc.hdr, dc.transport, dc.started
 	}
-	body := &countingBody{ReadCloser: r.Body}
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = body
+	defer func() {
+		d.Finished = time.Now()
+		if f.report != nil {
+			f.report(d)
+		}
+	}()
+
+	complete, err := f.readPrefix(r, d)
+	if err != nil {
+		// The relay's stream broke mid-body: nobody is left to answer.
+		d.Outcome, d.Error = record.OutcomeFailed, "request body: "+err.Error()
+		return
 	}
-	cw := &captureWriter{ResponseWriter: w, d: d}
-	r = r.WithContext(context.WithValue(r.Context(), deliveryReport{}, d))
-	f.proxy.ServeHTTP(cw, r)
-	d.Finished = time.Now()
-	d.ReqBytes = body.n
+	d.Provider = provider.Recognize(r.Method, r.URL, r.Header, d.ReqBody)
+	switch {
+	case complete:
+		d.Verdict = f.cfg.verifier.Verify(r.Context(), d.Provider.Provider, r.Method, r.URL, r.Header, d.ReqBody)
+	case d.Provider.Provider != "":
+		d.Verdict = provider.Verdict{Status: provider.StatusUnchecked, Reason: fmt.Sprintf("body larger than %d bytes", f.cfg.bodyCap)}
+	}
+	cw := &captureWriter{ResponseWriter: w, d: d, limit: f.cfg.bodyCap}
+	if f.cfg.VerifyReject && f.rejects(d) {
+		d.Outcome = record.OutcomeRejected
+		writeRelayJSON(cw, http.StatusUnauthorized, "X-Relay-Verdict", string(d.Verdict.Status), "invalid_signature",
+			fmt.Sprintf("relay agent refused this %s delivery: signature %s (%s)", d.Provider.Provider, d.Verdict.Status, d.Verdict.Reason))
+		return
+	}
+	var key string
+	if f.cfg.Dedup && d.Provider.EventID != "" {
+		key = d.Provider.Provider + ":" + d.Provider.EventID
+		unlock := f.dedup.lock(key)
+		defer unlock()
+		if f.dedup.seen(r.Context(), key) {
+			d.Outcome = record.OutcomeDuplicate
+			if f.cfg.Store != nil {
+				d.DuplicateOf = f.cfg.Store.FirstForwarded(r.Context(), d.Provider.Provider, d.Provider.EventID)
+			}
+			writeRelayJSON(cw, http.StatusOK, "X-Relay-Duplicate", "true", "duplicate",
+				fmt.Sprintf("event %s was already delivered to the local app; not forwarded again (--dedup)", d.Provider.EventID))
+			return
+		}
+	}
+	ctx := context.WithValue(r.Context(), deliveryReport{}, d)
+	if key != "" {
+		ctx = context.WithValue(ctx, dedupKey{}, key)
+	}
+	f.proxy.ServeHTTP(cw, r.WithContext(ctx))
 	if d.Status == 0 {
 		d.Status = http.StatusOK
 	}
-	if f.report != nil {
-		f.report(d)
+	if d.Error != "" {
+		d.Outcome = record.OutcomeFailed
 	}
+}
+
+// readPrefix reads up to the recording cap of r's body into d and puts
+// the body back together for forwarding. It reports whether the whole body
+// was read.
+func (f *forwarder) readPrefix(r *http.Request, d *Delivery) (bool, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return true, nil
+	}
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(min(r.ContentLength, f.cfg.bodyCap+1)))
+	}
+	n, err := io.CopyN(&buf, r.Body, f.cfg.bodyCap+1)
+	if err != nil && err != io.EOF {
+		return false, err
+	}
+	if n <= f.cfg.bodyCap {
+		d.ReqBody, d.ReqBytes = buf.Bytes(), n
+		body := d.ReqBody
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		r.ContentLength = n
+		return true, nil
+	}
+	d.ReqBody, d.ReqBodyTruncated = buf.Bytes()[:f.cfg.bodyCap], true
+	r.Body = &countingBody{ReadCloser: multiReadCloser{io.MultiReader(bytes.NewReader(buf.Bytes()), r.Body), r.Body}, d: d}
+	return false, nil
+}
+
+type multiReadCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// rejects reports whether --verify reject refuses d: a signature that does
+// not hold, or none at all from a provider whose secret is configured.
+func (f *forwarder) rejects(d *Delivery) bool {
+	switch d.Verdict.Status {
+	case provider.StatusInvalid:
+		return true
+	case provider.StatusUnsigned:
+		return f.cfg.Secrets[d.Provider.Provider] != ""
+	}
+	return false
+}
+
+// answered runs when the local app's response headers arrive, before any
+// of it goes back to the relay: a 2xx marks a --dedup key as delivered.
+func (f *forwarder) answered(resp *http.Response) error {
+	if key, ok := resp.Request.Context().Value(dedupKey{}).(string); ok && resp.StatusCode/100 == 2 {
+		f.dedup.mark(resp.Request.Context(), key)
+	}
+	return nil
+}
+
+// writeRelayJSON answers on the local app's behalf with the agent's own
+// short JSON.
+func writeRelayJSON(w http.ResponseWriter, status int, header, value, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(header, value)
+	w.WriteHeader(status)
+	body := map[string]string{"message": msg, "result": code}
+	if status >= 400 {
+		body = map[string]string{"message": msg, "error": code}
+	}
+	json.NewEncoder(w).Encode(body)
 }
 
 type deliveryReport struct{}
@@ -219,21 +349,24 @@ func classify(err error, cfg *resolved) (int, string, string) {
 	}
 }
 
+// countingBody counts a streamed body that outgrew the recording cap.
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	d *Delivery
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	b.d.ReqBytes += int64(n)
 	return n, err
 }
 
-// captureWriter notes the status and headers the local app answered with.
+// captureWriter notes the status and headers the local app answered with,
+// and keeps the first limit bytes of its body.
 type captureWriter struct {
 	http.ResponseWriter
 	d     *Delivery
+	limit int64
 	wrote bool
 }
 
@@ -242,7 +375,9 @@ func (c *captureWriter) WriteHeader(code int) {
 		c.wrote = true
 		c.d.Status = code
 		c.d.RespHeader = c.Header().Clone()
-		c.d.Answered = time.Now()
+		if c.d.Error == "" && c.d.Outcome == record.OutcomeForwarded {
+			c.d.Answered = time.Now() // the local app's answer, not the agent's own
+		}
 	}
 	c.ResponseWriter.WriteHeader(code)
 }
@@ -252,6 +387,12 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 		c.WriteHeader(http.StatusOK)
 	}
 	n, err := c.ResponseWriter.Write(p)
+	if room := c.limit - int64(len(c.d.RespBody)); room > 0 {
+		c.d.RespBody = append(c.d.RespBody, p[:min(int64(n), room)]...)
+	}
+	if int64(n) > c.limit-c.d.RespBytes {
+		c.d.RespBodyTruncated = true
+	}
 	c.d.RespBytes += int64(n)
 	return n, err
 }
@@ -259,21 +400,41 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush on the real writer.
 func (c *captureWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
-// onDelivery prints the console line for one delivery.
+// onDelivery prints the console line for one delivery and records it.
 func (a *Agent) onDelivery(d *Delivery) {
 	r := d.Request
-	tag := ""
-	if d.Header.Queued {
-		tag = " (queued)"
-	}
 	dur := d.Finished.Sub(d.Started)
-	line := fmt.Sprintf("%s %s %d %s%s", r.Method, r.URL.RequestURI(), d.Status, dur.Round(100*time.Microsecond), tag)
+	line := fmt.Sprintf("%s %s %d %s", r.Method, r.URL.RequestURI(), d.Status, dur.Round(100*time.Microsecond))
+	var tags []string
+	if d.Header.Queued {
+		tags = append(tags, "queued")
+	}
+	if d.Provider.Event != "" {
+		tags = append(tags, d.Provider.Provider+" "+d.Provider.Event)
+	}
+	if v := d.Verdict.Status; v == provider.StatusValid || v == provider.StatusInvalid || (v == provider.StatusUnsigned && a.cfg.Secrets[d.Provider.Provider] != "") {
+		tags = append(tags, "signature "+string(v))
+	}
+	switch d.Outcome {
+	case record.OutcomeRejected:
+		tags = append(tags, "rejected: "+d.Verdict.Reason)
+	case record.OutcomeDuplicate:
+		tags = append(tags, "duplicate, not forwarded")
+	}
+	if n := len(d.Attempts); n > 1 {
+		tags = append(tags, fmt.Sprintf("%d attempts", n))
+	}
+	if len(tags) > 0 {
+		line += " (" + strings.Join(tags, ", ") + ")"
+	}
 	if d.Error != "" {
 		line += " - " + d.Error
 	}
 	fmt.Fprintf(a.cfg.Console, "%s %s\n", d.Started.Format("15:04:05"), line)
 	a.cfg.Logger.Debug("delivery", "id", d.Header.ID, "method", r.Method, "path", r.URL.Path, "status", d.Status, "duration", dur)
-	if a.OnDelivery != nil {
+	if a.rec != nil {
+		a.rec.add(a.recording(d), d)
+	} else if a.OnDelivery != nil {
 		a.OnDelivery(d)
 	}
 }

@@ -84,6 +84,15 @@ func runAgent(t testing.TB, cfg client.Config) *client.Agent {
 // startAgent starts an agent without waiting; errc carries Run's result.
 func startAgent(t testing.TB, cfg client.Config) (*client.Agent, <-chan error) {
 	t.Helper()
+	if cfg.Console == nil {
+		console := &syncBuffer{}
+		cfg.Console = console
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("agent console:\n%s", console.String())
+			}
+		})
+	}
 	a, err := client.New(cfg)
 	if err != nil {
 		t.Fatalf("new agent: %v", err)

@@ -193,7 +193,7 @@ func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
 					var e echoed
 					json.NewDecoder(resp.Body).Decode(&e)
 					if resp.StatusCode != http.StatusCreated || e.Body != body || e.URI != fmt.Sprintf("/hook/%d", i) {
-						errs <- fmt.Errorf("delivery %d: status %d, body %q, uri %q", i, resp.StatusCode, e.Body, e.URI)
+						errs <- fmt.Errorf("delivery %d: status %d, body %q, uri %q (%s)", i, resp.StatusCode, e.Body, e.URI, resp.Header.Get("X-Relay-Error"))
 					}
 				}()
 			}

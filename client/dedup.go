@@ -1,0 +1,93 @@
+package client
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/relaytunnel/relay/client/record"
+)
+
+// DefaultDedupWindow is how long --dedup remembers a forwarded event.
+const DefaultDedupWindow = 24 * time.Hour
+
+// dedup remembers which provider events reached the local app. Deliveries
+// of one event are serialised, so a duplicate that arrives while the first
+// is still at the app waits for its answer instead of racing it. Marks are
+// kept in the recording store, so they survive a restart of the agent.
+type dedup struct {
+	store  *record.Store // nil: memory only
+	window time.Duration
+
+	mu     sync.Mutex
+	locks  map[string]*keyLock
+	memory map[string]time.Time
+}
+
+type keyLock struct {
+	mu      sync.Mutex
+	waiters int
+}
+
+type dedupKey struct{}
+
+func newDedup(store *record.Store, window time.Duration) *dedup {
+	return &dedup{store: store, window: window, locks: map[string]*keyLock{}, memory: map[string]time.Time{}}
+}
+
+// lock serialises deliveries of key; call the returned func when done.
+func (d *dedup) lock(key string) func() {
+	d.mu.Lock()
+	l := d.locks[key]
+	if l == nil {
+		l = &keyLock{}
+		d.locks[key] = l
+	}
+	l.waiters++
+	d.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		d.mu.Lock()
+		if l.waiters--; l.waiters == 0 {
+			delete(d.locks, key)
+		}
+		d.mu.Unlock()
+	}
+}
+
+// seen reports whether key reached the local app within the window.
+func (d *dedup) seen(ctx context.Context, key string) bool {
+	since := time.Now().Add(-d.window)
+	d.mu.Lock()
+	at, ok := d.memory[key]
+	d.mu.Unlock()
+	if ok && at.After(since) {
+		return true
+	}
+	if d.store == nil {
+		return false
+	}
+	seen, err := d.store.Seen(ctx, key, since)
+	return err == nil && seen
+}
+
+// mark notes that key reached the local app and got a 2xx. The store
+// write finishes before the answer goes back to the relay, so a
+// redelivery after the agent is killed still finds it.
+func (d *dedup) mark(ctx context.Context, key string) {
+	now := time.Now()
+	d.mu.Lock()
+	d.memory[key] = now
+	if len(d.memory) > 100000 {
+		for k, at := range d.memory {
+			if now.Sub(at) > d.window {
+				delete(d.memory, k)
+			}
+		}
+	}
+	d.mu.Unlock()
+	if d.store != nil {
+		d.store.MarkSeen(context.WithoutCancel(ctx), key, now)
+	}
+}
