@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -239,8 +240,8 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx = context.WithValue(ctx, dedupKey{}, key)
 	}
 	f.proxy.ServeHTTP(cw, r.WithContext(ctx))
-	if d.Status == 0 {
-		d.Status = http.StatusOK
+	if d.Status == 0 && d.Error == "" {
+		d.Status = http.StatusOK // the handler wrote nothing: net/http answers 200
 	}
 	if d.Error != "" {
 		d.Outcome = record.OutcomeFailed
@@ -404,7 +405,11 @@ func (c *captureWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 func (a *Agent) onDelivery(d *Delivery) {
 	r := d.Request
 	dur := d.Finished.Sub(d.Started)
-	line := fmt.Sprintf("%s %s %d %s", r.Method, r.URL.RequestURI(), d.Status, dur.Round(100*time.Microsecond))
+	status := strconv.Itoa(d.Status)
+	if d.Status == 0 {
+		status = "---" // nobody was left to answer (the relay gave up on it)
+	}
+	line := fmt.Sprintf("%s %s %s %s", r.Method, r.URL.RequestURI(), status, dur.Round(100*time.Microsecond))
 	var tags []string
 	if d.Header.Queued {
 		tags = append(tags, "queued")

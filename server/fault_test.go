@@ -24,7 +24,8 @@ import (
 // TestNothingLostUnderFaults sends deliveries from several senders while
 // the agent process, the relay server process (SIGKILL) and the local app
 // are stopped and started at random, and checks that every delivery the
-// relay answered 2xx reached the local app at least once.
+// relay answered 2xx reached the local app at least once, and exactly once
+// when the agent runs with --dedup.
 //
 // RELAY_FAULT_DELIVERIES (default 2000) and RELAY_FAULT_PACE (default
 // 8ms between one sender's deliveries) lengthen it into a soak.
@@ -32,13 +33,25 @@ func TestNothingLostUnderFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds relay and runs processes")
 	}
+	bin := buildRelay(t)
+	for _, tt := range []struct {
+		name  string
+		dedup bool
+	}{
+		{"every accepted delivery arrives at least once", false},
+		{"with --dedup every accepted delivery arrives exactly once", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) { faultRun(t, bin, tt.dedup) })
+	}
+}
+
+func faultRun(t *testing.T, bin string, dedup bool) {
 	total := envInt("RELAY_FAULT_DELIVERIES", 2000)
 	pace := 8 * time.Millisecond
 	if v := os.Getenv("RELAY_FAULT_PACE"); v != "" {
 		pace, _ = time.ParseDuration(v)
 	}
 	const senders = 4
-	bin := buildRelay(t)
 	dir := t.TempDir()
 	data := filepath.Join(dir, "server")
 	port := freePort(t)
@@ -64,7 +77,11 @@ func TestNothingLostUnderFaults(t *testing.T) {
 
 	srvProc := &proc{t: t, name: "server", args: []string{bin, "server", "--dev", "--listen", listen, "--data", data}}
 	agentProc := &proc{t: t, name: "agent", args: []string{bin, "connect", app.addr, "--server", "localhost:" + fmt.Sprint(port),
-		"--token", token, "--name", "fault", "--ca", filepath.Join(data, "dev-ca.pem")}}
+		"--token", token, "--name", "fault", "--ca", filepath.Join(data, "dev-ca.pem"),
+		"--data", filepath.Join(dir, "agent"), "--inspect", ""}}
+	if dedup {
+		agentProc.args = append(agentProc.args, "--dedup")
+	}
 	defer srvProc.kill()
 	defer agentProc.kill()
 	srvProc.start()
@@ -95,7 +112,11 @@ func TestNothingLostUnderFaults(t *testing.T) {
 			defer wg.Done()
 			for i := range per {
 				id := fmt.Sprintf("s%d-%d", s, i)
-				resp, err := hc.Post(url, "text/plain", strings.NewReader(id))
+				req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(id))
+				// A GitHub delivery: its id is what --dedup keys on.
+				req.Header.Set("X-GitHub-Event", "push")
+				req.Header.Set("X-GitHub-Delivery", id)
+				resp, err := hc.Do(req)
 				switch {
 				case err != nil:
 					nFailed.Add(1)
@@ -184,6 +205,17 @@ loop:
 		senders*per, nAccepted.Load(), nQueued.Load(), delivered, dups, nRefused.Load(), nFailed.Load(), faults)
 	if m := missing(); len(m) > 0 {
 		t.Fatalf("%d deliveries answered 2xx never reached the app, e.g. %v", len(m), m[:min(5, len(m))])
+	}
+	if dedup && dups > 0 {
+		seenMu.Lock()
+		var twice []string
+		for id, n := range seen {
+			if n > 1 {
+				twice = append(twice, fmt.Sprintf("%s x%d", id, n))
+			}
+		}
+		seenMu.Unlock()
+		t.Fatalf("with --dedup %d deliveries reached the app more than once, e.g. %v", len(twice), twice[:min(5, len(twice))])
 	}
 }
 

@@ -25,7 +25,7 @@ var transports = []string{"quic", "tcp"}
 // the test ends.
 func startServer(t testing.TB, mods ...func(*server.Config)) *server.Server {
 	t.Helper()
-	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), Heartbeat: 200 * time.Millisecond}
+	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), Heartbeat: time.Second}
 	for _, m := range mods {
 		m(&cfg)
 	}
