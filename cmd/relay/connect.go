@@ -13,6 +13,7 @@ import (
 
 func newConnectCmd() *cobra.Command {
 	var cfg client.Config
+	var opts agentOptions
 	cmd := &cobra.Command{
 		Use:   "connect PORT|HOST:PORT|URL",
 		Short: "Connect to a relay server and forward your tunnel's deliveries to a local app",
@@ -24,10 +25,11 @@ func newConnectCmd() *cobra.Command {
 			cfg.Console = cmd.OutOrStdout()
 			cfg.Logger = logger(cmd)
 			cfg.Version = version
-			return runAgent(cmd, cfg)
+			return runAgent(cmd, cfg, opts)
 		},
 	}
 	f := cmd.Flags()
+	opts.register(cmd, true)
 	f.StringVar(&cfg.Server, "server", "", "relay server HOST[:PORT] (env RELAY_SERVER)")
 	f.StringVar(&cfg.Token, "token", "", "agent token from `relay token create` (env RELAY_TOKEN)")
 	f.StringVar(&cfg.Name, "name", "", "tunnel name (default: the token's first name)")
@@ -40,14 +42,10 @@ func newConnectCmd() *cobra.Command {
 	return cmd
 }
 
-// runAgent runs an agent until the command's context ends, turning its
-// errors into one actionable line.
-func runAgent(cmd *cobra.Command, cfg client.Config) error {
-	a, err := client.New(cfg)
-	if err != nil {
-		return err
-	}
-	return explainAgentError(a.Run(cmd.Context()), cfg)
+// runAgent runs an agent, its recorder and its inspector until the
+// command's context ends, turning its errors into one actionable line.
+func runAgent(cmd *cobra.Command, cfg client.Config, opts agentOptions) error {
+	return explainAgentError(opts.run(cmd, cfg), cfg)
 }
 
 func explainAgentError(err error, cfg client.Config) error {

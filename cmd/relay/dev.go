@@ -17,6 +17,7 @@ func newDevCmd() *cobra.Command {
 	var (
 		name, listen, dataDir, transport string
 		timeout                          time.Duration
+		opts                             agentOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "dev PORT|HOST:PORT|URL",
@@ -48,7 +49,8 @@ func newDevCmd() *cobra.Command {
 			fmt.Fprintf(out, "relay dev: %s -> %s\n", url, args[0])
 			fmt.Fprintf(out, "dev CA:    %s\n", srv.DevCAPath())
 			fmt.Fprintf(out, "try:       curl --cacert %s %s/webhooks -d '{\"id\":\"evt_1\"}'\n\n", srv.DevCAPath(), url)
-			return explainAgentError(runDevAgent(cmd, srv, client.Config{
+			opts.dataDir = stateDir("")
+			return explainAgentError(opts.run(cmd, client.Config{
 				Server:     srv.Addr(),
 				QUICServer: srv.QUICAddr(),
 				ServerName: srv.Domain(),
@@ -70,15 +72,8 @@ func newDevCmd() *cobra.Command {
 	f.StringVar(&dataDir, "data", filepath.Join(stateDir("dev")), "directory for the dev server's state and CA")
 	f.StringVar(&transport, "transport", "auto", "auto, quic or tcp")
 	f.DurationVar(&timeout, "timeout", client.DefaultTimeout, "how long the local app may take to answer (504 beyond)")
+	opts.register(cmd, false)
 	return cmd
-}
-
-func runDevAgent(cmd *cobra.Command, _ *server.Server, cfg client.Config) error {
-	a, err := client.New(cfg)
-	if err != nil {
-		return err
-	}
-	return a.Run(cmd.Context())
 }
 
 // devToken gives the dev agent a fresh token for name: secrets are stored

@@ -30,7 +30,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	if err := cmd.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(stderr, "relay: "+oneLine(err))
+		if msg := oneLine(err); msg != "" {
+			fmt.Fprintln(stderr, "relay: "+msg)
+		}
 		var ec exitCoder
 		if errors.As(err, &ec) {
 			return ec.ExitCode()

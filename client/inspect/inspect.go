@@ -1,0 +1,159 @@
+// Package inspect is the agent's local web inspector: the page `relay connect`
+// serves at http://127.0.0.1:4040 and the JSON API behind it. It lists the
+// recorded deliveries live, shows one with its request, response, timings and
+// signature verdict, and replays it.
+//
+// The inspector shows webhook bodies and can replay them, so it is reachable
+// only from this machine: Serve listens on loopback only, every request must
+// name a loopback host (a page on another site that rebinds its DNS name to
+// 127.0.0.1 is refused), and anything that acts must come from the
+// inspector's own page.
+package inspect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/relaytunnel/relay/client/record"
+)
+
+// ErrNotLoopback is returned by Serve for a listener that is not on a
+// loopback address.
+var ErrNotLoopback = errors.New("the inspector listens on loopback only")
+
+// Options configures a Server; the zero value is usable.
+type Options struct {
+	// Replay sends a recorded delivery to the local app again and returns
+	// the id of the new recording. Nil disables replay (501).
+	Replay func(ctx context.Context, id int64) (newID int64, err error)
+	// Logger receives debug lines; nil discards them.
+	Logger *slog.Logger
+}
+
+// Server is the inspector: an http.Handler over a recording store, plus a
+// fan-out of "a delivery was recorded" events to open pages.
+type Server struct {
+	st     *record.Store
+	replay func(ctx context.Context, id int64) (int64, error)
+	log    *slog.Logger
+	mux    *http.ServeMux
+	hub    *hub
+
+	// keepAlive is how often an idle event stream gets a comment, so that
+	// proxies and the browser see it is alive.
+	keepAlive time.Duration
+}
+
+// Timeouts of the http.Server Serve runs; the event stream has no write
+// timeout of its own but a deadline per write.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 15 * time.Second
+	idleTimeout       = 2 * time.Minute
+	writeTimeout      = 30 * time.Second
+	replayTimeout     = 2 * time.Minute // the local app may be slow to answer
+	shutdownTimeout   = 5 * time.Second
+	maxHeaderBytes    = 64 << 10
+)
+
+// New builds an inspector over st.
+func New(st *record.Store, opt Options) *Server {
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		st:        st,
+		replay:    opt.Replay,
+		log:       log,
+		hub:       newHub(),
+		keepAlive: 15 * time.Second,
+	}
+	s.mux = s.routes()
+	return s
+}
+
+// ServeHTTP refuses requests that do not come from this machine's browser and
+// serves the page and the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	setSecurityHeaders(w.Header())
+	if !loopbackHost(r.Host) {
+		writeError(w, http.StatusForbidden, fmt.Sprintf(
+			"host %q is not a loopback name: open the inspector at http://127.0.0.1:PORT/", r.Host))
+		return
+	}
+	if !safeMethod(r.Method) {
+		if err := sameOrigin(r); err != nil {
+			writeError(w, http.StatusForbidden, err.Error())
+			return
+		}
+	}
+	if r.URL.Path != "/api/events" {
+		// Serve sets no server-wide write timeout, for the event stream's sake.
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// Notify tells every open page that delivery id was recorded. It never
+// blocks: a page that falls behind is told to reload its list instead.
+func (s *Server) Notify(id int64) { s.hub.publish(id) }
+
+// streamsKey carries, in each request's context, a channel closed when Serve
+// begins shutting down, so that event streams end and shutdown can finish.
+type streamsKey struct{}
+
+// Serve serves the inspector on ln until ctx ends, then shuts down, waiting
+// for open requests and ending event streams. It closes ln. A listener not on
+// a loopback address is refused with ErrNotLoopback.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if err := checkLoopbackAddr(ln.Addr()); err != nil {
+		ln.Close()
+		return err
+	}
+	stopping := make(chan struct{})
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext: func(net.Listener) context.Context {
+			return context.WithValue(context.Background(), streamsKey{}, (<-chan struct{})(stopping))
+		},
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	select {
+	case err := <-served:
+		close(stopping)
+		return fmt.Errorf("inspector on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	// Shutdown waits for handlers, and event streams never finish by
+	// themselves: end them first.
+	close(stopping)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		srv.Close()
+		err = fmt.Errorf("inspector shutdown: %w", err)
+	}
+	<-served // http.ErrServerClosed once Shutdown has begun
+	return err
+}
+
+// stopping is the channel Serve closes at shutdown, or nil (never ready) when
+// the handler runs under someone else's http.Server.
+func stopping(r *http.Request) <-chan struct{} {
+	ch, _ := r.Context().Value(streamsKey{}).(<-chan struct{})
+	return ch
+}

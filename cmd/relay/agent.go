@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/relaytunnel/relay/client"
+	"github.com/relaytunnel/relay/client/inspect"
+	"github.com/relaytunnel/relay/client/record"
+)
+
+// defaultInspect is where the inspector listens unless told otherwise; when
+// it is taken (another agent runs), the next few ports are tried.
+const defaultInspect = "127.0.0.1:4040"
+
+// agentOptions are the agent's flags beyond client.Config's own: where it
+// records, the inspector, and the checks that fill Config.
+type agentOptions struct {
+	dataDir  string
+	inspect  string
+	secrets  []string
+	verify   string
+	keep     int
+	keepFor  time.Duration
+	dedup    bool
+	dedupFor time.Duration
+	retry    time.Duration
+	noQueue  bool
+}
+
+func (o *agentOptions) register(cmd *cobra.Command, withData bool) {
+	f := cmd.Flags()
+	if withData {
+		f.StringVar(&o.dataDir, "data", stateDir(""), "directory of the agent's recordings (read by `relay requests`)")
+	}
+	f.StringVar(&o.inspect, "inspect", defaultInspect, `inspector address (loopback only); "" disables it`)
+	f.StringArrayVar(&o.secrets, "secret", nil, "PROVIDER=SECRET to check signatures, e.g. stripe=whsec_... (repeatable)")
+	f.StringVar(&o.verify, "verify", "record", "record (note each signature verdict) or reject (answer 401 to invalid signatures)")
+	f.IntVar(&o.keep, "keep", record.DefaultMaxCount, "recordings kept (older ones are pruned)")
+	f.DurationVar(&o.keepFor, "keep-for", record.DefaultMaxAge, "how long recordings are kept")
+	f.BoolVar(&o.dedup, "dedup", false, "forward each provider event id once; answer copies 200 without forwarding")
+	f.DurationVar(&o.dedupFor, "dedup-window", client.DefaultDedupWindow, "how long --dedup remembers an event")
+	f.DurationVar(&o.retry, "retry", 0, "keep retrying a delivery the local app refuses or answers 5xx, for this long (--retry alone: 1m)")
+	f.Lookup("retry").NoOptDefVal = "1m"
+	f.BoolVar(&o.noQueue, "no-queue", false, "while this agent is offline the relay answers 503 instead of queueing")
+}
+
+// run opens the recordings, starts the inspector and runs the agent until
+// the command's context ends.
+func (o *agentOptions) run(cmd *cobra.Command, cfg client.Config) error {
+	ctx := cmd.Context()
+	secrets, err := parseSecrets(o.secrets)
+	if err != nil {
+		return err
+	}
+	switch o.verify {
+	case "record", "":
+	case "reject":
+		cfg.VerifyReject = true
+	default:
+		return fmt.Errorf("--verify %q: want record or reject", o.verify)
+	}
+	cfg.Secrets, cfg.Dedup, cfg.DedupWindow, cfg.Retry, cfg.NoQueue = secrets, o.dedup, o.dedupFor, o.retry, o.noQueue
+
+	store, err := record.Open(ctx, o.dataDir, record.Options{MaxCount: o.keep, MaxAge: o.keepFor})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	cfg.Store = store
+	a, err := client.New(cfg)
+	if err != nil {
+		return err
+	}
+	if o.inspect != "" {
+		ln, err := listenInspector(o.inspect)
+		if err != nil {
+			return err
+		}
+		ins := inspect.New(store, inspect.Options{
+			Replay: func(ctx context.Context, id int64) (int64, error) { return a.Replay(ctx, id, "") },
+			Logger: cfg.Logger,
+		})
+		a.OnRecorded = ins.Notify
+		addrFile := filepath.Join(o.dataDir, inspectorFile)
+		os.WriteFile(addrFile, []byte(ln.Addr().String()+"\n"), 0o600)
+		ictx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		served := make(chan error, 1)
+		go func() { served <- ins.Serve(ictx, ln) }()
+		defer func() {
+			stop()
+			<-served
+			// Only ours: a second agent may have written its own since.
+			if b, err := os.ReadFile(addrFile); err == nil && string(b) == ln.Addr().String()+"\n" {
+				os.Remove(addrFile)
+			}
+		}()
+		fmt.Fprintf(cfg.Console, "inspector: http://%s\n", ln.Addr())
+	}
+	return a.Run(ctx)
+}
+
+// listenInspector binds addr; when the default is taken it tries the next
+// nine ports, as a second agent on the same machine would want.
+func listenInspector(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil || addr != defaultInspect || !errors.Is(err, syscall.EADDRINUSE) {
+		if err != nil {
+			return nil, fmt.Errorf("inspector on %s: %w (pick another with --inspect 127.0.0.1:PORT or disable it with --inspect \"\")", addr, err)
+		}
+		return ln, nil
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	for i := 1; i < 10; i++ {
+		if ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p+i))); err == nil {
+			return ln, nil
+		}
+	}
+	return nil, fmt.Errorf("inspector: ports %d-%d on %s are taken; pass --inspect 127.0.0.1:PORT or --inspect \"\"", p, p+9, host)
+}
