@@ -58,7 +58,7 @@ type Store struct {
 }
 
 // pruneEvery is how many additions pass between retention checks.
-const pruneEvery = 64
+const pruneEvery = 256
 
 // Open opens (creating if needed) DIR/requests.db.
 func Open(ctx context.Context, dir string, opt Options) (*Store, error) {
@@ -245,16 +245,29 @@ func (s *Store) Prune(ctx context.Context, now time.Time) (int64, error) {
 		return 0, nil
 	}
 	defer s.pruning.Store(false)
+	// Two statements, each on an index (received_at, the rowid): one
+	// with OR would scan the whole table on every prune.
 	cutoff := now.Add(-s.opt.MaxAge).UnixNano()
-	res, err := s.db.ExecContext(ctx, `DELETE FROM deliveries WHERE received_at < ?
-		OR id <= (SELECT id FROM deliveries ORDER BY id DESC LIMIT 1 OFFSET ?)`, cutoff, s.opt.MaxCount)
+	res, err := s.db.ExecContext(ctx, `DELETE FROM deliveries WHERE received_at < ?`, cutoff)
 	if err != nil {
 		return 0, fmt.Errorf("prune recordings: %w", err)
 	}
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE at < ?`, cutoff); err != nil {
-		return 0, fmt.Errorf("prune recordings: %w", err)
-	}
 	n, _ := res.RowsAffected()
+	var keepFrom int64
+	err = s.db.QueryRowContext(ctx, `SELECT id FROM deliveries ORDER BY id DESC LIMIT 1 OFFSET ?`, s.opt.MaxCount-1).Scan(&keepFrom)
+	if err == nil {
+		res, err := s.db.ExecContext(ctx, `DELETE FROM deliveries WHERE id < ?`, keepFrom)
+		if err != nil {
+			return n, fmt.Errorf("prune recordings: %w", err)
+		}
+		m, _ := res.RowsAffected()
+		n += m
+	} else if !errors.Is(err, sql.ErrNoRows) {
+		return n, fmt.Errorf("prune recordings: %w", err)
+	}
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE at < ?`, cutoff); err != nil {
+		return n, fmt.Errorf("prune recordings: %w", err)
+	}
 	return n, nil
 }
 

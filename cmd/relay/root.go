@@ -24,7 +24,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().String("config", "", "config file of `flag = value` lines (default $XDG_CONFIG_HOME/relay/config if present)")
 	root.PersistentFlags().String("log-level", "warn", "log level: debug, info, warn, error")
-	root.AddCommand(newServerCmd(), newTokenCmd(), newConnectCmd(), newDevCmd(), newRequestsCmd(), newReplayCmd(), newTriggerCmd(), newVersionCmd())
+	root.AddCommand(newServerCmd(), newTokenCmd(), newConnectCmd(), newDevCmd(), newRequestsCmd(), newReplayCmd(), newTriggerCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }
 
