@@ -298,7 +298,14 @@ func (a *restartableApp) stop() {
 	if a.srv == nil {
 		return
 	}
-	a.srv.Close()
+	// A dev server restarting (Ctrl-C) finishes the request in hand: an
+	// app killed between doing the work and answering would make any
+	// tunnel deliver that request again, --dedup or not.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if a.srv.Shutdown(ctx) != nil {
+		a.srv.Close()
+	}
+	cancel()
 	<-a.done
 	a.srv = nil
 }
