@@ -23,7 +23,7 @@ var ErrReplaced = errors.New("another agent with the same token took over this t
 type Agent struct {
 	cfg *resolved
 	fwd *forwarder
-	ln  *streamListener
+	ln  *protocol.StreamListener
 
 	mu      sync.Mutex
 	welcome protocol.Welcome
@@ -61,7 +61,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: r, ready: make(chan struct{}), ln: newStreamListener()}
+	a := &Agent{cfg: r, ready: make(chan struct{}), ln: protocol.NewStreamListener()}
 	a.fwd = newForwarder(r, a.onDelivery)
 	if r.Store != nil {
 		a.rec = newRecorder(r.Store, r.Logger, a.recorded)
@@ -270,7 +270,7 @@ func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
 	a.sessions.Add(1)
 	go func() {
 		defer a.sessions.Done()
-		a.acceptLoop(sess)
+		a.ln.AcceptDeliveries(sess)
 	}()
 
 	sctx, cancel := context.WithCancel(ctx)
@@ -355,20 +355,6 @@ func (a *Agent) probeQUIC(ctx context.Context, out chan<- *link) {
 		}
 		a.probing.Store(false)
 		return
-	}
-}
-
-// acceptLoop hands every delivery stream of sess to the HTTP server.
-func (a *Agent) acceptLoop(sess protocol.Session) {
-	for {
-		st, err := sess.AcceptStream(context.Background())
-		if err != nil {
-			return
-		}
-		if !a.ln.put(newDeliveryConn(st, sess.Transport())) {
-			st.Close()
-			return
-		}
 	}
 }
 

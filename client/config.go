@@ -18,8 +18,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/relaytunnel/relay/client/provider"
 	"github.com/relaytunnel/relay/client/record"
+	"github.com/relaytunnel/relay/internal/provider"
 )
 
 // Config is everything an agent needs; flags only fill it.

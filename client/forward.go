@@ -13,12 +13,11 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"github.com/relaytunnel/relay/client/provider"
 	"github.com/relaytunnel/relay/client/record"
+	"github.com/relaytunnel/relay/internal/provider"
 	"github.com/relaytunnel/relay/protocol"
 )
 
@@ -50,73 +49,6 @@ type Delivery struct {
 	// RecordID is set once the recording is written (0 without a store).
 	RecordID int64
 }
-
-// deliveryConn is a delivery stream as the HTTP server sees it: reading
-// first consumes the Delivery frame, then the HTTP request follows.
-type deliveryConn struct {
-	protocol.Stream
-	transport string
-	once      sync.Once
-	hdr       protocol.Delivery
-	hdrErr    error
-	started   time.Time
-}
-
-func newDeliveryConn(st protocol.Stream, transport string) *deliveryConn {
-	return &deliveryConn{Stream: st, transport: transport}
-}
-
-func (c *deliveryConn) readHeader() {
-	c.once.Do(func() {
-		c.started = time.Now()
-		c.hdrErr = protocol.ReadMessage(c.Stream, protocol.FrameDelivery, &c.hdr)
-	})
-}
-
-func (c *deliveryConn) Read(p []byte) (int, error) {
-	c.readHeader()
-	if c.hdrErr != nil {
-		return 0, c.hdrErr
-	}
-	return c.Stream.Read(p)
-}
-
-// streamListener feeds accepted streams of every session to one
-// http.Server, so the server outlives reconnects.
-type streamListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	closer sync.Once
-}
-
-func newStreamListener() *streamListener {
-	return &streamListener{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *streamListener) put(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *streamListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *streamListener) Close() error {
-	l.closer.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *streamListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 
 type connKey struct{}
 
@@ -188,10 +120,10 @@ func (f *forwarder) shutdown(ctx context.Context) {
 // recognition and the signature check read, and what --retry resends. A
 // larger body streams on behind them and is checked by nobody.
 func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	dc, _ := r.Context().Value(connKey{}).(*deliveryConn)
+	dc, _ := r.Context().Value(connKey{}).(*protocol.DeliveryConn)
 	d := &Delivery{Request: r, Started: time.Now(), Outcome: record.OutcomeForwarded}
 	if dc != nil {
-		d.Header, d.Transport, d.Started = dc.hdr, dc.transport, dc.started
+		d.Header, d.Transport, d.Started = dc.Header(), dc.Transport(), dc.Started()
 	}
 	defer func() {
 		d.Finished = time.Now()
@@ -216,7 +148,7 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cw := &captureWriter{ResponseWriter: w, d: d, limit: f.cfg.bodyCap}
 	if f.cfg.VerifyReject && f.rejects(d) {
 		d.Outcome = record.OutcomeRejected
-		writeRelayJSON(cw, http.StatusUnauthorized, "X-Relay-Verdict", string(d.Verdict.Status), "invalid_signature",
+		writeRelayJSON(cw, http.StatusUnauthorized, protocol.HeaderVerdict, string(d.Verdict.Status), "invalid_signature",
 			fmt.Sprintf("relay agent refused this %s delivery: signature %s (%s)", d.Provider.Provider, d.Verdict.Status, d.Verdict.Reason))
 		return
 	}
@@ -230,7 +162,7 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if f.cfg.Store != nil {
 				d.DuplicateOf = f.cfg.Store.FirstForwarded(r.Context(), d.Provider.Provider, d.Provider.EventID)
 			}
-			writeRelayJSON(cw, http.StatusOK, "X-Relay-Duplicate", "true", "duplicate",
+			writeRelayJSON(cw, http.StatusOK, protocol.HeaderDuplicate, "true", "duplicate",
 				fmt.Sprintf("event %s was already delivered to the local app; not forwarded again (--dedup)", d.Provider.EventID))
 			return
 		}
@@ -328,7 +260,7 @@ func (f *forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error
 		return // the relay abandoned the stream; nobody reads an answer
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Relay-Error", code)
+	w.Header().Set(protocol.HeaderError, code)
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(struct {
 		Error   string `json:"error"`

@@ -12,8 +12,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/relaytunnel/relay/client/provider"
 	"github.com/relaytunnel/relay/client/record"
+	"github.com/relaytunnel/relay/internal/provider"
+	"github.com/relaytunnel/relay/protocol"
 )
 
 // ErrNotReplayable is returned for a recording that cannot be sent again
@@ -72,10 +73,6 @@ func (a *Agent) Replay(ctx context.Context, id int64, to string) (int64, error) 
 
 func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-// hopHeaders are the connection's, not the request's; they are not resent.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host"}
-
 func replay(ctx context.Context, orig *record.Delivery, opt ReplayOptions, bodyCap int64) (*record.Delivery, error) {
 	if orig.RequestBody.Truncated {
 		return nil, fmt.Errorf("%w delivery %d: its %d-byte body was recorded only in part", ErrNotReplayable, orig.ID, orig.RequestBody.Size)
@@ -85,9 +82,10 @@ func replay(ctx context.Context, orig *record.Delivery, opt ReplayOptions, bodyC
 		return nil, err
 	}
 	h := orig.RequestHeader.Clone()
-	for _, k := range hopHeaders {
-		h.Del(k)
-	}
+	protocol.RemoveHopHeaders(h)
+	// The request written below sets its own framing and Host.
+	h.Del("Content-Length")
+	h.Del("Host")
 	for k, vs := range h {
 		for i, v := range vs {
 			if v != Redacted {
@@ -100,7 +98,7 @@ func replay(ctx context.Context, orig *record.Delivery, opt ReplayOptions, bodyC
 			vs[i] = secret
 		}
 	}
-	h.Set("X-Relay-Replay-Of", strconv.FormatInt(orig.ID, 10))
+	h.Set(protocol.HeaderReplayOf, strconv.FormatInt(orig.ID, 10))
 
 	req, err := http.NewRequestWithContext(ctx, orig.Method, u.String(), bytes.NewReader(orig.RequestBody.Data))
 	if err != nil {

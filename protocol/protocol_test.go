@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -225,4 +227,42 @@ func FuzzDecodeMessages(f *testing.F) {
 		var g GoAway
 		DecodeMessage(FrameGoAway, b, &g)
 	})
+}
+
+// TestSpecHeaders keeps SPEC.md's header table and hop-by-hop list equal
+// to the constants the code uses.
+func TestSpecHeaders(t *testing.T) {
+	spec, err := os.ReadFile("SPEC.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inTable []string
+	for _, line := range strings.Split(string(spec), "\n") {
+		if strings.HasPrefix(line, "| `X-Relay-") {
+			inTable = append(inTable, strings.Trim(strings.Split(line, "|")[1], " `"))
+		}
+	}
+	code := []string{HeaderDelivery, HeaderError, HeaderVerdict, HeaderDuplicate, HeaderReplayOf}
+	if !slices.Equal(inTable, code) {
+		t.Errorf("SPEC.md lists headers %v, the code defines %v", inTable, code)
+	}
+	for _, h := range HopHeaders {
+		if !strings.Contains(string(spec), "`"+h+"`") {
+			t.Errorf("SPEC.md does not name hop-by-hop header %s", h)
+		}
+	}
+}
+
+func TestRemoveHopHeadersDropsWhatConnectionNames(t *testing.T) {
+	h := http.Header{
+		"Connection":       {"keep-alive, X-Secret-Hop"},
+		"X-Secret-Hop":     {"1"},
+		"Keep-Alive":       {"timeout=5"},
+		"Te":               {"trailers"},
+		"Stripe-Signature": {"t=1,v1=abc"},
+	}
+	RemoveHopHeaders(h)
+	if len(h) != 1 || h.Get("Stripe-Signature") == "" {
+		t.Errorf("after RemoveHopHeaders: %v, want only Stripe-Signature", h)
+	}
 }

@@ -19,8 +19,9 @@ import (
 	"time"
 
 	"github.com/relaytunnel/relay/client"
+	"github.com/relaytunnel/relay/internal/pebbletest"
+	"github.com/relaytunnel/relay/internal/relaytest"
 	"github.com/relaytunnel/relay/server"
-	"github.com/relaytunnel/relay/server/certs/pebbletest"
 )
 
 // acmeDomain has no public CA: only Pebble's DNS stub resolves it.
@@ -39,7 +40,7 @@ type acmeRelay struct {
 // start runs the server until the returned stop (or the test's end).
 func (r acmeRelay) start(t *testing.T) (*server.Server, func()) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &relaytest.Buffer{}
 	srv, err := server.New(context.Background(), server.Config{
 		Domain:         acmeDomain,
 		Listen:         r.listen,
@@ -94,39 +95,6 @@ func acmeAgentConfig(srv *server.Server, pebble *pebbletest.Pebble, transport, t
 	}
 }
 
-// connectAgent starts an agent, waits until it is connected, and returns
-// a stop that waits for Run to return (also called when the test ends).
-func connectAgent(t *testing.T, cfg client.Config) (*client.Agent, func()) {
-	t.Helper()
-	a, err := client.New(cfg)
-	if err != nil {
-		t.Fatalf("new agent: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- a.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case <-errc:
-			case <-time.After(15 * time.Second):
-				t.Error("agent did not stop within 15s")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	select {
-	case <-a.Ready():
-	case err := <-errc:
-		t.Fatalf("agent stopped before connecting: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("agent did not connect in 30s")
-	}
-	return a, stop
-}
-
 // pebbleTrustingClient is a provider's HTTPS client that trusts only
 // Pebble's issuing root and sends every host to addr. Keep-alives are off
 // so every request makes its own handshake and sees the certificate the
@@ -158,7 +126,7 @@ func deliver(t *testing.T, hc *http.Client, url string) *x509.Certificate {
 	if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App") != "yes" {
 		t.Fatalf("delivery to %s: status %d, X-App %q: the app's answer did not come back", url, resp.StatusCode, resp.Header.Get("X-App"))
 	}
-	var e echoed
+	var e relaytest.Echoed
 	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
 		t.Fatal(err)
 	}
@@ -186,11 +154,11 @@ func acmeHandshake(addr, name string, roots *x509.CertPool) (*x509.Certificate, 
 // relay's own TCP listener.
 func TestACMEServerObtainsCertificatesAndReusesThemAfterRestart(t *testing.T) {
 	const tunnel = "hooks"
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
 			// Pebble must know the relay's ports before the relay binds them,
 			// and the restart must get the same ones.
-			port, httpPort := freePort(t), freePort(t)
+			port, httpPort := relaytest.FreePort(t), relaytest.FreePort(t)
 			pebble := pebbletest.Start(t, port, httpPort)
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 			relay := acmeRelay{
@@ -204,11 +172,11 @@ func TestACMEServerObtainsCertificatesAndReusesThemAfterRestart(t *testing.T) {
 			if n := pebble.Orders(); n != 0 {
 				t.Fatalf("%d orders before any handshake, want none", n)
 			}
-			token := createToken(t, srv, tunnel)
-			app := echoApp(t)
+			token := relaytest.CreateToken(t, srv, tunnel)
+			app := relaytest.EchoApp(t)
 			hc := pebbleTrustingClient(t, srv.Addr(), pebble.Roots())
 
-			a, stopAgent := connectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
+			a, stopAgent := relaytest.ConnectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
 			if got := a.Transport(); got != tr {
 				t.Fatalf("agent connected over %q, want %q", got, tr)
 			}
@@ -243,7 +211,7 @@ func TestACMEServerObtainsCertificatesAndReusesThemAfterRestart(t *testing.T) {
 			stopAgent()
 			stopServer()
 			srv, _ = relay.start(t)
-			connectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
+			relaytest.ConnectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
 			again := deliver(t, hc, srv.PublicURL(tunnel)+"/hook")
 			if again.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
 				t.Errorf("after restart %s has serial %s, want the cached %s", tunnel, again.SerialNumber, leaf.SerialNumber)
@@ -328,7 +296,7 @@ func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
 	front.Start()
 	t.Cleanup(front.Close)
 
-	createToken(t, srv, tunnel)
+	relaytest.CreateToken(t, srv, tunnel)
 	name := tunnel + "." + acmeDomain
 	leaf, err := acmeHandshake(srv.Addr(), name, pebble.Roots())
 	if err != nil {

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,8 +11,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/relaytunnel/relay/protocol"
@@ -108,7 +105,7 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ReceivedAt: time.Now().UnixNano(),
 		RemoteAddr: r.RemoteAddr,
 	}}
-	w.Header().Set("X-Relay-Delivery", d.hdr.ID)
+	w.Header().Set(protocol.HeaderDelivery, d.hdr.ID)
 	e.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), deliveryKey{}, d)))
 }
 
@@ -127,12 +124,6 @@ func (e *edge) serveApex(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// Errors the transport returns, mapped to statuses by proxyError.
-var (
-	errAgentGone    = errors.New("agent disconnected")
-	errAgentTimeout = errors.New("agent did not answer in time")
-)
-
 func (e *edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	var mbe *http.MaxBytesError
 	if d, _ := r.Context().Value(deliveryKey{}).(*delivery); d != nil && d.body.tooLarge != nil {
@@ -145,10 +136,10 @@ func (e *edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case r.Context().Err() != nil:
 		// The provider went away; nobody is left to answer.
 		e.s.log.Debug("provider went away", "host", r.Host, "err", err)
-	case errors.Is(err, errAgentTimeout):
+	case errors.Is(err, protocol.ErrAgentTimeout):
 		writeError(w, http.StatusGatewayTimeout, "agent_timeout",
 			fmt.Sprintf("the agent did not answer within %s", e.s.cfg.ResponseTimeout))
-	case errors.Is(err, errAgentGone):
+	case errors.Is(err, protocol.ErrAgentGone):
 		w.Header().Set("Retry-After", "10")
 		writeError(w, http.StatusBadGateway, "agent_disconnected", "the agent's connection dropped during this delivery; retry later")
 	default:
@@ -160,7 +151,7 @@ func (e *edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 // writeError answers with the short JSON body every relay error has.
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Relay-Error", code)
+	w.Header().Set(protocol.HeaderError, code)
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(struct {
 		Error   string `json:"error"`
@@ -176,103 +167,14 @@ func hostOnly(hostport string) string {
 }
 
 // streamTransport sends each request over a new stream of its tunnel's
-// session: a Delivery frame, then the request as HTTP/1.1.
+// session (protocol.RoundTrip); the delivery rides in the context because
+// ReverseProxy hands its Transport nothing but the request.
 type streamTransport struct{ s *Server }
-
-var (
-	bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
-	bufReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
-)
 
 func (tr *streamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	d, _ := req.Context().Value(deliveryKey{}).(*delivery)
 	if d == nil {
 		return nil, errors.New("request without a tunnel")
 	}
-	ctx := req.Context()
-	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	st, err := d.t.sess.OpenStream(octx)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("%w: open stream: %v", errAgentGone, err)
-	}
-	// The provider leaving, or the agent taking too long to answer,
-	// aborts the stream; every blocked read and write then returns.
-	var timedOut atomic.Bool
-	timer := time.AfterFunc(tr.s.cfg.ResponseTimeout, func() {
-		timedOut.Store(true)
-		st.Close()
-	})
-	stop := context.AfterFunc(ctx, func() { st.Close() })
-	fail := func(err error) (*http.Response, error) {
-		timer.Stop()
-		stop()
-		st.Close()
-		if timedOut.Load() {
-			return nil, errAgentTimeout
-		}
-		return nil, err
-	}
-	if err := protocol.WriteMessage(st, protocol.FrameDelivery, d.hdr); err != nil {
-		return fail(fmt.Errorf("%w: write delivery header: %v", errAgentGone, err))
-	}
-
-	werr := make(chan error, 1)
-	go func() {
-		bw := bufWriters.Get().(*bufio.Writer)
-		bw.Reset(st)
-		err := req.Write(bw)
-		if err == nil {
-			err = bw.Flush()
-		}
-		bw.Reset(nil)
-		bufWriters.Put(bw)
-		if err != nil {
-			// Cut the stream so the agent sees an unfinished body rather
-			// than a complete request.
-			st.Close()
-		}
-		// On success the write side stays open: net/http cancels a
-		// request's context when its connection reads EOF, so a
-		// half-close here would abort the delivery on the agent.
-		werr <- err
-	}()
-
-	br := bufReaders.Get().(*bufio.Reader)
-	br.Reset(st)
-	resp, err := http.ReadResponse(br, req)
-	timer.Stop()
-	if err != nil {
-		br.Reset(nil)
-		bufReaders.Put(br)
-		st.Close()
-		if we := <-werr; we != nil && !protocol.IsClosed(we) {
-			return fail(we) // a body over the limit, or the provider's read failed
-		}
-		return fail(fmt.Errorf("%w: read response: %v", errAgentGone, err))
-	}
-	resp.Body = &responseBody{ReadCloser: resp.Body, st: st, br: br, stop: stop}
-	return resp, nil
-}
-
-// responseBody closes the stream once the agent's response is consumed.
-type responseBody struct {
-	io.ReadCloser
-	st   protocol.Stream
-	br   *bufio.Reader
-	stop func() bool
-	once sync.Once
-}
-
-func (b *responseBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.once.Do(func() {
-		b.stop()
-		b.st.Close()
-		// ReverseProxy reads and closes the body in one goroutine, so no
-		// Read can race with handing the reader back.
-		b.br.Reset(nil)
-		bufReaders.Put(b.br)
-	})
-	return err
+	return protocol.RoundTrip(req.Context(), d.t.sess, d.hdr, req, tr.s.cfg.ResponseTimeout)
 }

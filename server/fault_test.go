@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/relaytunnel/relay/internal/relaytest"
 )
 
 // TestNothingLostUnderFaults sends deliveries from several senders while
@@ -33,7 +35,7 @@ func TestNothingLostUnderFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds relay and runs processes")
 	}
-	bin := buildRelay(t)
+	bin := relaytest.BuildRelay(t)
 	for _, tt := range []struct {
 		name  string
 		dedup bool
@@ -54,7 +56,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 	const senders = 4
 	dir := t.TempDir()
 	data := filepath.Join(dir, "server")
-	port := freePort(t)
+	port := relaytest.FreePort(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 
 	out, err := exec.Command(bin, "token", "create", "--name", "fault", "--data", data).CombinedOutput()
@@ -85,7 +87,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 	defer srvProc.kill()
 	defer agentProc.kill()
 	srvProc.start()
-	waitListening(t, listen)
+	relaytest.WaitListening(t, listen)
 	agentProc.start()
 
 	pem, _ := os.ReadFile(filepath.Join(data, "dev-ca.pem"))
@@ -159,7 +161,7 @@ loop:
 			faults["server killed"]++
 			srvProc.kill()
 			srvProc.start()
-			waitListening(t, listen)
+			relaytest.WaitListening(t, listen)
 		case 2:
 			faults["app stopped"]++
 			app.stop()
@@ -308,41 +310,6 @@ func (a *restartableApp) stop() {
 	cancel()
 	<-a.done
 	a.srv = nil
-}
-
-func buildRelay(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "relay")
-	cmd := exec.Command("go", "build", "-o", bin, "../cmd/relay")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build relay: %v\n%s", err, out)
-	}
-	return bin
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func waitListening(t *testing.T, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never listened", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func envInt(name string, def int) int {

@@ -11,14 +11,10 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/relaytunnel/relay/client/provider"
+	"github.com/relaytunnel/relay/internal/provider"
 	"github.com/relaytunnel/relay/protocol"
 	"github.com/relaytunnel/relay/server/store"
 )
-
-// hopHeaders are not stored with a queued delivery: they describe the
-// provider's connection, not the request.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Expect"}
 
 // serveOffline answers a delivery for a reserved name whose agent is not
 // connected: stored durably and 202, or 503 when it must not or cannot be.
@@ -52,9 +48,7 @@ func (e *edge) serveOffline(w http.ResponseWriter, r *http.Request, name string)
 		return
 	}
 	hdr := r.Header.Clone()
-	for _, h := range hopHeaders {
-		hdr.Del(h)
-	}
+	protocol.RemoveHopHeaders(hdr)
 	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 	hdr.Set("X-Forwarded-For", ip)
 	hdr.Set("X-Forwarded-Host", r.Host)
@@ -87,7 +81,7 @@ func (e *edge) serveOffline(w http.ResponseWriter, r *http.Request, name string)
 		t.kickQueue()
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Relay-Delivery", q.DeliveryID)
+	w.Header().Set(protocol.HeaderDelivery, q.DeliveryID)
 	w.WriteHeader(http.StatusAccepted)
 	fmt.Fprintf(w, `{"queued":true,"id":%q,"message":"the agent for %s is offline; the delivery is stored and will be handed over in order when it reconnects"}`+"\n", q.DeliveryID, name)
 }
@@ -182,7 +176,7 @@ func (s *Server) handOver(ctx context.Context, t *tunnel, q *store.Queued) (int,
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	if code := resp.Header.Get("X-Relay-Error"); code != "" {
+	if code := resp.Header.Get(protocol.HeaderError); code != "" {
 		return resp.StatusCode, fmt.Errorf("%w: %s (%d)", errNotAnswered, code, resp.StatusCode)
 	}
 	return resp.StatusCode, nil

@@ -7,11 +7,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/relaytunnel/relay/internal/relaytest"
 	"github.com/relaytunnel/relay/server"
 )
 
@@ -53,29 +53,17 @@ func (r *recorder) snapshot() []string {
 	return append([]string(nil), r.bodies...)
 }
 
-func post(t testing.TB, hc *http.Client, url, body string) (*http.Response, map[string]any) {
-	t.Helper()
-	resp, err := hc.Post(url, "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var m map[string]any
-	json.NewDecoder(resp.Body).Decode(&m)
-	return resp, m
-}
-
 func TestOfflineDeliveriesAreQueuedAndHandedOverInOrder(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
 			dir := t.TempDir()
-			srv := startServerAt(t, dir, "127.0.0.1:0")
+			srv := relaytest.StartServerAt(t, dir, "127.0.0.1:0")
 			addr := srv.Addr()
-			tok := createToken(t, srv, "sleepy")
-			hc := providerClient(t, srv)
+			tok := relaytest.CreateToken(t, srv, "sleepy")
+			hc := relaytest.ProviderClient(t, srv)
 			const n = 20
 			for i := range n {
-				resp, m := post(t, hc, tunnelURL(srv, "sleepy", "/hook"), fmt.Sprintf(`{"n":%d}`, i))
+				resp, m := relaytest.Post(t, hc, relaytest.TunnelURL(srv, "sleepy", "/hook"), fmt.Sprintf(`{"n":%d}`, i))
 				if resp.StatusCode != http.StatusAccepted || m["queued"] != true || m["id"] == "" {
 					t.Fatalf("delivery %d while offline: %d %v", i, resp.StatusCode, m)
 				}
@@ -84,17 +72,17 @@ func TestOfflineDeliveriesAreQueuedAndHandedOverInOrder(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			srv.Shutdown(ctx)
 			cancel()
-			srv = startServerAt(t, dir, addr)
+			srv = relaytest.StartServerAt(t, dir, addr)
 
 			rec, app := newRecorder(t)
-			runAgent(t, agentConfig(srv, tr, tok, "sleepy", app.URL))
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, tok, "sleepy", app.URL))
 			got := rec.wait(t, n)
 			for i, b := range got {
 				if want := fmt.Sprintf(`{"n":%d}`, i); b != want {
 					t.Fatalf("delivery %d reached the app as %q, want %q (arrival order)", i, b, want)
 				}
 			}
-			waitFor(t, "the queue to empty", func() bool {
+			relaytest.WaitFor(t, "the queue to empty", func() bool {
 				n, _ := srv.Store().QueueLen(context.Background(), "sleepy")
 				return n == 0
 			})
@@ -127,18 +115,18 @@ func TestOfflineDeliveriesAreQueuedAndHandedOverInOrder(t *testing.T) {
 }
 
 func TestQueuedDeliveryStaysUntilTheLocalAppAnswers(t *testing.T) {
-	srv := startServer(t)
-	tok := createToken(t, srv, "later")
-	hc := providerClient(t, srv)
-	if resp, _ := post(t, hc, tunnelURL(srv, "later", "/"), `{"id":"evt_1"}`); resp.StatusCode != http.StatusAccepted {
+	srv := relaytest.StartServer(t)
+	tok := relaytest.CreateToken(t, srv, "later")
+	hc := relaytest.ProviderClient(t, srv)
+	if resp, _ := relaytest.Post(t, hc, relaytest.TunnelURL(srv, "later", "/"), `{"id":"evt_1"}`); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	// The agent connects while the local app is down: the agent answers
 	// 502 itself, which is not the app's answer, so nothing is acked.
 	down := closedPort(t)
-	a, _ := startAgent(t, agentConfig(srv, "tcp", tok, "later", down))
+	a, _ := relaytest.StartAgent(t, relaytest.AgentConfig(srv, "tcp", tok, "later", down))
 	<-a.Ready()
-	waitFor(t, "a failed hand-over attempt", func() bool {
+	relaytest.WaitFor(t, "a failed hand-over attempt", func() bool {
 		log, _ := srv.Store().DeliveryLog(context.Background(), "later", 10)
 		q, _ := srv.Store().NextQueued(context.Background(), "later")
 		return len(log) == 1 && q != nil && q.Attempts > 0
@@ -146,17 +134,17 @@ func TestQueuedDeliveryStaysUntilTheLocalAppAnswers(t *testing.T) {
 	// Now the app is up (a second agent for the same token replaces the
 	// first, pointing at a live app): the delivery arrives.
 	rec, app := newRecorder(t)
-	runAgent(t, agentConfig(srv, "tcp", tok, "later", app.URL))
+	relaytest.RunAgent(t, relaytest.AgentConfig(srv, "tcp", tok, "later", app.URL))
 	if got := rec.wait(t, 1); got[0] != `{"id":"evt_1"}` {
 		t.Fatalf("app got %q", got)
 	}
 }
 
 func TestQueueRefusals(t *testing.T) {
-	srv := startServer(t, func(c *server.Config) { c.QueueMaxCount = 2 })
-	createToken(t, srv, "full")
-	createToken(t, srv, "slack")
-	hc := providerClient(t, srv)
+	srv := relaytest.StartServer(t, func(c *server.Config) { c.QueueMaxCount = 2 })
+	relaytest.CreateToken(t, srv, "full")
+	relaytest.CreateToken(t, srv, "slack")
+	hc := relaytest.ProviderClient(t, srv)
 	tests := []struct {
 		name, host, body string
 		want             int
@@ -169,7 +157,7 @@ func TestQueueRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, m := post(t, hc, tunnelURL(srv, tt.host, "/"), tt.body)
+			resp, m := relaytest.Post(t, hc, relaytest.TunnelURL(srv, tt.host, "/"), tt.body)
 			if resp.StatusCode != tt.want || (tt.wantErr != "" && m["error"] != tt.wantErr) {
 				t.Fatalf("got %d %v", resp.StatusCode, m)
 			}

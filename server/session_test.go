@@ -13,17 +13,18 @@ import (
 	"time"
 
 	"github.com/relaytunnel/relay/client"
+	"github.com/relaytunnel/relay/internal/relaytest"
 	"github.com/relaytunnel/relay/protocol"
 	"github.com/relaytunnel/relay/server"
 )
 
 func TestAgentIsRefused(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t)
-			app := echoApp(t)
-			owner := createToken(t, srv, "taken")
-			other := createToken(t, srv, "mine")
+			srv := relaytest.StartServer(t)
+			app := relaytest.EchoApp(t)
+			owner := relaytest.CreateToken(t, srv, "taken")
+			other := relaytest.CreateToken(t, srv, "mine")
 			tests := []struct {
 				name    string
 				token   string
@@ -37,7 +38,7 @@ func TestAgentIsRefused(t *testing.T) {
 			}
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
-					a, err := client.New(agentConfig(srv, tr, tt.token, tt.agent, app.URL))
+					a, err := client.New(relaytest.AgentConfig(srv, tr, tt.token, tt.agent, app.URL))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -50,90 +51,20 @@ func TestAgentIsRefused(t *testing.T) {
 				})
 			}
 			// The owner still gets its name after the refusals.
-			runAgent(t, agentConfig(srv, tr, owner, "taken", app.URL))
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, owner, "taken", app.URL))
 		})
 	}
-}
-
-func TestUnreachableServerIsReportedAtOnce(t *testing.T) {
-	srv := startServer(t)
-	cfg := agentConfig(srv, "auto", createToken(t, srv, "x"), "x", "3000")
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	cfg.Server = ln.Addr().String()
-	ln.Close()
-	cfg.QUICServer = cfg.Server
-	a, _ := client.New(cfg)
-	err := a.Run(context.Background())
-	if !errors.Is(err, client.ErrUnreachable) || !strings.Contains(err.Error(), "quic") || !strings.Contains(err.Error(), "tcp") {
-		t.Fatalf("Run() = %v, want ErrUnreachable naming both transports", err)
-	}
-}
-
-func TestAutoFallsBackToTCPWhenQUICIsClosed(t *testing.T) {
-	srv := startServer(t, func(c *server.Config) { c.QUICListen = "off" })
-	app := echoApp(t)
-	cfg := agentConfig(srv, "auto", createToken(t, srv, "fb"), "fb", app.URL)
-	cfg.QUICServer = srv.Addr() // nothing answers UDP there
-	start := time.Now()
-	a := runAgent(t, cfg)
-	if a.Transport() != protocol.TransportTCP {
-		t.Fatalf("transport = %q, want tcp", a.Transport())
-	}
-	t.Logf("fell back to TCP in %s", time.Since(start).Round(time.Millisecond))
-	resp, err := providerClient(t, srv).Get(tunnelURL(srv, "fb", "/"))
-	if err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("delivery after fallback: %v %v", resp, err)
-	}
-	resp.Body.Close()
-}
-
-func TestAgentReconnectsAfterServerRestart(t *testing.T) {
-	for _, tr := range transports {
-		t.Run(tr, func(t *testing.T) {
-			dir := t.TempDir()
-			first := startServerAt(t, dir, "127.0.0.1:0")
-			addr := first.Addr()
-			app := echoApp(t)
-			cfg := agentConfig(first, tr, createToken(t, first, "again"), "again", app.URL)
-			a := runAgent(t, cfg)
-			firstURL := a.Welcome().URL
-			oldSession := a.Welcome().SessionID
-
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if err := first.Shutdown(ctx); err != nil {
-				t.Fatal(err)
-			}
-			cancel()
-			second := startServerAt(t, dir, addr)
-			waitFor(t, "the agent to reconnect", func() bool {
-				w := a.Welcome()
-				return w.SessionID != oldSession && w.SessionID != ""
-			})
-			if got := a.Welcome().URL; got != firstURL {
-				t.Fatalf("after reconnect the URL is %q, was %q", got, firstURL)
-			}
-			resp, err := providerClient(t, second).Post(tunnelURL(second, "again", "/"), "text/plain", strings.NewReader("x"))
-			if err != nil || resp.StatusCode != http.StatusCreated {
-				t.Fatalf("delivery after restart: %v %v", resp, err)
-			}
-			resp.Body.Close()
-		})
-	}
-}
-
-func startServerAt(t *testing.T, dir, addr string) *server.Server {
-	return startServer(t, func(c *server.Config) { c.DataDir = dir; c.Listen = addr })
 }
 
 func TestSameTokenReplacesAStaleSession(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t)
-			app := echoApp(t)
-			tok := createToken(t, srv, "laptop")
-			old, oldErr := startAgent(t, agentConfig(srv, tr, tok, "laptop", app.URL))
+			srv := relaytest.StartServer(t)
+			app := relaytest.EchoApp(t)
+			tok := relaytest.CreateToken(t, srv, "laptop")
+			old, oldErr := relaytest.StartAgent(t, relaytest.AgentConfig(srv, tr, tok, "laptop", app.URL))
 			<-old.Ready()
-			fresh := runAgent(t, agentConfig(srv, tr, tok, "laptop", app.URL))
+			fresh := relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, tok, "laptop", app.URL))
 			if fresh.Welcome().SessionID == old.Welcome().SessionID {
 				t.Fatal("the new agent did not get a session of its own")
 			}
@@ -145,7 +76,7 @@ func TestSameTokenReplacesAStaleSession(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("the replaced agent did not stop")
 			}
-			resp, err := providerClient(t, srv).Get(tunnelURL(srv, "laptop", "/"))
+			resp, err := relaytest.ProviderClient(t, srv).Get(relaytest.TunnelURL(srv, "laptop", "/"))
 			if err != nil || resp.StatusCode != http.StatusCreated {
 				t.Fatalf("delivery to the new session: %v %v", resp, err)
 			}
@@ -155,10 +86,10 @@ func TestSameTokenReplacesAStaleSession(t *testing.T) {
 }
 
 func TestSlowClientDoesNotBlockOthers(t *testing.T) {
-	srv := startServer(t, func(c *server.Config) { c.ReadHeaderTimeout = 500 * time.Millisecond })
-	app := echoApp(t)
-	runAgent(t, agentConfig(srv, "tcp", createToken(t, srv, "hooks"), "hooks", app.URL))
-	hc := providerClient(t, srv)
+	srv := relaytest.StartServer(t, func(c *server.Config) { c.ReadHeaderTimeout = 500 * time.Millisecond })
+	app := relaytest.EchoApp(t)
+	relaytest.RunAgent(t, relaytest.AgentConfig(srv, "tcp", relaytest.CreateToken(t, srv, "hooks"), "hooks", app.URL))
+	hc := relaytest.ProviderClient(t, srv)
 
 	// A slowloris: TLS done, then half a request line and nothing more.
 	conf := hc.Transport.(*http.Transport).TLSClientConfig.Clone()
@@ -172,7 +103,7 @@ func TestSlowClientDoesNotBlockOthers(t *testing.T) {
 	io.WriteString(slow, "POST /webhooks HTTP/1.1\r\nHost: hooks.localhost\r\n")
 
 	for i := range 20 {
-		resp, err := hc.Post(tunnelURL(srv, "hooks", "/"), "text/plain", strings.NewReader("fast"))
+		resp, err := hc.Post(relaytest.TunnelURL(srv, "hooks", "/"), "text/plain", strings.NewReader("fast"))
 		if err != nil || resp.StatusCode != http.StatusCreated {
 			t.Fatalf("request %d while a slow client hangs: %v %v", i, resp, err)
 		}
@@ -188,21 +119,21 @@ func TestSlowClientDoesNotBlockOthers(t *testing.T) {
 }
 
 func TestShutdownLetsInFlightDeliveriesFinish(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t)
+			srv := relaytest.StartServer(t)
 			arrived := make(chan struct{})
 			release := make(chan struct{})
-			app := httptestServer(t, func(w http.ResponseWriter, r *http.Request) {
+			app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) {
 				close(arrived)
 				<-release
 				io.WriteString(w, "finished")
 			})
-			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "drain"), "drain", app))
-			hc := providerClient(t, srv)
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "drain"), "drain", app))
+			hc := relaytest.ProviderClient(t, srv)
 			got := make(chan string, 1)
 			go func() {
-				resp, err := hc.Get(tunnelURL(srv, "drain", "/"))
+				resp, err := hc.Get(relaytest.TunnelURL(srv, "drain", "/"))
 				if err != nil {
 					got <- err.Error()
 					return

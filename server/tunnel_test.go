@@ -16,45 +16,25 @@ import (
 	"time"
 
 	"github.com/relaytunnel/relay/client"
+	"github.com/relaytunnel/relay/internal/relaytest"
 	"github.com/relaytunnel/relay/protocol"
 	"github.com/relaytunnel/relay/server"
 )
 
-// echoApp answers with what it received, so a test can compare both ends.
-func echoApp(t testing.TB) *httptest.Server {
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("X-App", "yes")
-		w.WriteHeader(http.StatusCreated)
-		json.NewEncoder(w).Encode(map[string]any{
-			"method": r.Method, "uri": r.RequestURI, "host": r.Host, "body": string(body),
-			"headers": r.Header,
-		})
-	}))
-	t.Cleanup(app.Close)
-	return app
-}
-
-type echoed struct {
-	Method, URI, Host, Body string
-	Headers                 http.Header
-}
-
 func TestSmallPostRoundTrip(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t)
-			app := echoApp(t)
-			a := runAgent(t, agentConfig(srv, tr, createToken(t, srv, "stripe-dev"), "stripe-dev", app.URL))
+			srv := relaytest.StartServer(t)
+			app := relaytest.EchoApp(t)
+			a := relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "stripe-dev"), "stripe-dev", app.URL))
 			if got := a.Transport(); got != tr {
 				t.Fatalf("agent connected over %q, want %q", got, tr)
 			}
 			body := `{"id":"evt_1","type":"payment_intent.succeeded","amount":  100}`
-			req, _ := http.NewRequest("POST", tunnelURL(srv, "stripe-dev", "/webhooks?a=1&b=%2F"), strings.NewReader(body))
+			req, _ := http.NewRequest("POST", relaytest.TunnelURL(srv, "stripe-dev", "/webhooks?a=1&b=%2F"), strings.NewReader(body))
 			req.Header.Set("Stripe-Signature", "t=1,v1=abc")
 			req.Header.Set("Content-Type", "application/json")
-			resp, err := providerClient(t, srv).Do(req)
+			resp, err := relaytest.ProviderClient(t, srv).Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -62,7 +42,7 @@ func TestSmallPostRoundTrip(t *testing.T) {
 			if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App") != "yes" {
 				t.Fatalf("status %d, X-App %q: the app's answer did not come back", resp.StatusCode, resp.Header.Get("X-App"))
 			}
-			var e echoed
+			var e relaytest.Echoed
 			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
 				t.Fatal(err)
 			}
@@ -91,40 +71,15 @@ func TestSmallPostRoundTrip(t *testing.T) {
 	}
 }
 
-// patternReader yields n deterministic bytes without holding them.
-type patternReader struct{ n, off int64 }
-
-func (p *patternReader) Read(b []byte) (int, error) {
-	if p.off >= p.n {
-		return 0, io.EOF
-	}
-	if int64(len(b)) > p.n-p.off {
-		b = b[:p.n-p.off]
-	}
-	for i := range b {
-		b[i] = byte((p.off + int64(i)) * 7 % 251)
-	}
-	p.off += int64(len(b))
-	return len(b), nil
-}
-
-func patternSum(n int64) [32]byte {
-	h := sha256.New()
-	io.Copy(h, &patternReader{n: n})
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
-	return s
-}
-
 func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100 MB bodies")
 	}
 	const size = 100 << 20
-	want := patternSum(size)
-	for _, tr := range transports {
+	want := relaytest.PatternSum(size)
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t, func(c *server.Config) { c.MaxBody = 200 << 20 })
+			srv := relaytest.StartServer(t, func(c *server.Config) { c.MaxBody = 200 << 20 })
 			app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Method == "POST" {
 					h := sha256.New()
@@ -133,14 +88,14 @@ func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
 					return
 				}
 				w.Header().Set("Content-Length", fmt.Sprint(size))
-				io.Copy(w, &patternReader{n: size})
+				io.Copy(w, &relaytest.PatternReader{N: size})
 			}))
 			t.Cleanup(app.Close)
-			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "big"), "big", app.URL))
-			hc := providerClient(t, srv)
-			mem := watchHeap(t)
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "big"), "big", app.URL))
+			hc := relaytest.ProviderClient(t, srv)
+			mem := relaytest.WatchHeap(t)
 
-			resp, err := hc.Post(tunnelURL(srv, "big", "/upload"), "application/octet-stream", &patternReader{n: size})
+			resp, err := hc.Post(relaytest.TunnelURL(srv, "big", "/upload"), "application/octet-stream", &relaytest.PatternReader{N: size})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +105,7 @@ func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
 				t.Fatalf("upload: app saw %q, want %q", got, wantS)
 			}
 
-			resp, err = hc.Get(tunnelURL(srv, "big", "/download"))
+			resp, err = hc.Get(relaytest.TunnelURL(srv, "big", "/download"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -170,12 +125,12 @@ func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
 }
 
 func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t)
-			app := echoApp(t)
-			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "busy"), "busy", app.URL))
-			hc := providerClient(t, srv)
+			srv := relaytest.StartServer(t)
+			app := relaytest.EchoApp(t)
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "busy"), "busy", app.URL))
+			hc := relaytest.ProviderClient(t, srv)
 			const n = 200
 			var wg sync.WaitGroup
 			errs := make(chan error, n)
@@ -184,13 +139,13 @@ func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					body := fmt.Sprintf(`{"n":%d}`, i)
-					resp, err := hc.Post(tunnelURL(srv, "busy", fmt.Sprintf("/hook/%d", i)), "application/json", strings.NewReader(body))
+					resp, err := hc.Post(relaytest.TunnelURL(srv, "busy", fmt.Sprintf("/hook/%d", i)), "application/json", strings.NewReader(body))
 					if err != nil {
 						errs <- err
 						return
 					}
 					defer resp.Body.Close()
-					var e echoed
+					var e relaytest.Echoed
 					json.NewDecoder(resp.Body).Decode(&e)
 					if resp.StatusCode != http.StatusCreated || e.Body != body || e.URI != fmt.Sprintf("/hook/%d", i) {
 						errs <- fmt.Errorf("delivery %d: status %d, body %q, uri %q (%s)", i, resp.StatusCode, e.Body, e.URI, resp.Header.Get("X-Relay-Error"))
@@ -207,19 +162,19 @@ func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
 }
 
 func TestTwoTunnelsAreIsolated(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t)
+			srv := relaytest.StartServer(t)
 			appFor := func(id string) *httptest.Server {
 				app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, id) }))
 				t.Cleanup(app.Close)
 				return app
 			}
-			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "alpha"), "alpha", appFor("alpha-app").URL))
-			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "beta"), "beta", appFor("beta-app").URL))
-			hc := providerClient(t, srv)
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "alpha"), "alpha", appFor("alpha-app").URL))
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "beta"), "beta", appFor("beta-app").URL))
+			hc := relaytest.ProviderClient(t, srv)
 			for _, name := range []string{"alpha", "beta", "alpha"} {
-				resp, err := hc.Get(tunnelURL(srv, name, "/"))
+				resp, err := hc.Get(relaytest.TunnelURL(srv, name, "/"))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -234,10 +189,10 @@ func TestTwoTunnelsAreIsolated(t *testing.T) {
 }
 
 func TestProviderErrors(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t, func(c *server.Config) { c.MaxBody = 1 << 20 })
-			hc := providerClient(t, srv)
+			srv := relaytest.StartServer(t, func(c *server.Config) { c.MaxBody = 1 << 20 })
+			hc := relaytest.ProviderClient(t, srv)
 			release := make(chan struct{})
 			slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				select {
@@ -248,14 +203,14 @@ func TestProviderErrors(t *testing.T) {
 			t.Cleanup(slow.Close)
 			t.Cleanup(func() { close(release) })
 			down := closedPort(t)
-			app := echoApp(t)
+			app := relaytest.EchoApp(t)
 
-			slowCfg := agentConfig(srv, tr, createToken(t, srv, "slow"), "slow", slow.URL)
+			slowCfg := relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "slow"), "slow", slow.URL)
 			slowCfg.Timeout = 300 * time.Millisecond
-			runAgent(t, slowCfg)
-			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "down"), "down", down))
-			runAgent(t, agentConfig(srv, tr, createToken(t, srv, "ok"), "ok", app.URL))
-			createToken(t, srv, "offline")
+			relaytest.RunAgent(t, slowCfg)
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "down"), "down", down))
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "ok"), "ok", app.URL))
+			relaytest.CreateToken(t, srv, "offline")
 			// Queueing off (relay connect --no-queue): offline means 503.
 			if err := srv.Store().SetQueueing(context.Background(), "offline", false); err != nil {
 				t.Fatal(err)
@@ -268,22 +223,22 @@ func TestProviderErrors(t *testing.T) {
 				wantCode   string
 			}{
 				{"an unknown name is 404", func() (*http.Response, error) {
-					return hc.Post(tunnelURL(srv, "nobody", "/"), "text/plain", strings.NewReader("x"))
+					return hc.Post(relaytest.TunnelURL(srv, "nobody", "/"), "text/plain", strings.NewReader("x"))
 				}, 404, "unknown_tunnel"},
 				{"a reserved name with no agent and queueing off is 503 with Retry-After", func() (*http.Response, error) {
-					return hc.Post(tunnelURL(srv, "offline", "/"), "text/plain", strings.NewReader("x"))
+					return hc.Post(relaytest.TunnelURL(srv, "offline", "/"), "text/plain", strings.NewReader("x"))
 				}, 503, "tunnel_offline"},
 				{"a local app that refuses connections is 502", func() (*http.Response, error) {
-					return hc.Post(tunnelURL(srv, "down", "/"), "text/plain", strings.NewReader("x"))
+					return hc.Post(relaytest.TunnelURL(srv, "down", "/"), "text/plain", strings.NewReader("x"))
 				}, 502, "local_app_unreachable"},
 				{"a local app that is too slow is 504", func() (*http.Response, error) {
-					return hc.Post(tunnelURL(srv, "slow", "/"), "text/plain", strings.NewReader("x"))
+					return hc.Post(relaytest.TunnelURL(srv, "slow", "/"), "text/plain", strings.NewReader("x"))
 				}, 504, "local_app_timeout"},
 				{"a body over the limit by Content-Length is 413", func() (*http.Response, error) {
-					return hc.Post(tunnelURL(srv, "ok", "/"), "text/plain", bytes.NewReader(make([]byte, 2<<20)))
+					return hc.Post(relaytest.TunnelURL(srv, "ok", "/"), "text/plain", bytes.NewReader(make([]byte, 2<<20)))
 				}, 413, "body_too_large"},
 				{"a chunked body that grows over the limit is 413", func() (*http.Response, error) {
-					return hc.Post(tunnelURL(srv, "ok", "/"), "text/plain", io.MultiReader(&patternReader{n: 3 << 20}))
+					return hc.Post(relaytest.TunnelURL(srv, "ok", "/"), "text/plain", io.MultiReader(&relaytest.PatternReader{N: 3 << 20}))
 				}, 413, "body_too_large"},
 			}
 			for _, tt := range tests {
@@ -304,7 +259,7 @@ func TestProviderErrors(t *testing.T) {
 				})
 			}
 			// The tunnel still serves after all of that.
-			resp, err := hc.Post(tunnelURL(srv, "ok", "/"), "text/plain", strings.NewReader("still here"))
+			resp, err := hc.Post(relaytest.TunnelURL(srv, "ok", "/"), "text/plain", strings.NewReader("still here"))
 			if err != nil || resp.StatusCode != http.StatusCreated {
 				t.Fatalf("after the errors: %v %v", resp, err)
 			}

@@ -7,13 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"github.com/relaytunnel/relay/internal/sqlitedb"
 )
 
 // Defaults for Options' zero fields.
@@ -62,21 +61,12 @@ const pruneEvery = 256
 
 // Open opens (creating if needed) DIR/requests.db.
 func Open(ctx context.Context, dir string, opt Options) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create recordings dir %s: %w", dir, err)
-	}
 	path := filepath.Join(dir, DBFile)
-	// synchronous=NORMAL in WAL mode survives the process being killed (the
-	// WAL is in the OS's cache); only a power cut may lose the last writes,
-	// and a recording is not a promise made to anyone.
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	db, err := sql.Open("sqlite", dsn)
+	// A recording is not a promise made to anyone: NORMAL survives the
+	// agent being killed, and only a power cut may lose the last writes.
+	db, err := sqlitedb.Open(ctx, path, sqlitedb.Options{Sync: sqlitedb.SyncNormal, Migrations: migrations})
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	if err := migrate(ctx, db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open recordings %s: %w", path, err)
+		return nil, fmt.Errorf("open recordings: %w", err)
 	}
 	s := &Store{db: db, opt: opt.withDefaults(), path: path}
 	if _, err := s.Prune(ctx, time.Now()); err != nil {
@@ -140,34 +130,6 @@ var migrations = []string{
 		key     TEXT PRIMARY KEY,
 		at      INTEGER NOT NULL
 	);`,
-}
-
-func migrate(ctx context.Context, db *sql.DB) error {
-	var version int
-	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
-		return err
-	}
-	if version > len(migrations) {
-		return fmt.Errorf("schema version %d is newer than this relay (%d); upgrade relay", version, len(migrations))
-	}
-	for i := version; i < len(migrations); i++ {
-		tx, err := db.BeginTx(ctx, nil)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1)); err != nil {
-			tx.Rollback()
-			return err
-		}
-		if err := tx.Commit(); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 const insertSQL = `INSERT INTO deliveries (relay_id, replay_of, kind, outcome, tunnel, transport, target,

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"io"
 	"net"
@@ -15,32 +12,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/relaytunnel/relay/client/record"
-	"github.com/relaytunnel/relay/server"
+	"github.com/relaytunnel/relay/internal/relaytest"
 )
-
-// lockedBuffer is an io.Writer the agent writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // waitUntil polls cond, which watches another process's output or files.
 func waitUntil(t *testing.T, what string, cond func() bool) {
@@ -52,24 +30,6 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func providerHTTP(t *testing.T, srv *server.Server) *http.Client {
-	pem, err := os.ReadFile(srv.DevCAPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	tr := &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool},
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, srv.Addr())
-		},
-	}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 20 * time.Second}
 }
 
 // TestRequestsAndReplayWorkWithTheAgentRunningAndStopped drives `relay
@@ -92,7 +52,7 @@ func TestRequestsAndReplayWorkWithTheAgentRunningAndStopped(t *testing.T) {
 		io.WriteString(w, `{"received":true}`)
 	}))
 	t.Cleanup(app.Close)
-	hc := providerHTTP(t, srv)
+	hc := relaytest.ProviderClient(t, srv)
 	hook := strings.TrimSuffix(srv.PublicURL("cli"), "/") + "/hooks/github?x=1"
 	deliver := func(id string) int {
 		req, _ := http.NewRequest(http.MethodPost, hook, strings.NewReader(`{"zen":"`+id+`"}`))
@@ -112,7 +72,7 @@ func TestRequestsAndReplayWorkWithTheAgentRunningAndStopped(t *testing.T) {
 	}
 
 	data := t.TempDir()
-	console := &lockedBuffer{}
+	console := &relaytest.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	agentDone := make(chan int, 1)
 	go func() {

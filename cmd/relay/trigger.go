@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/relaytunnel/relay/client/provider"
+	"github.com/relaytunnel/relay/internal/provider"
 )
 
 func newTriggerCmd() *cobra.Command {

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/relaytunnel/relay/client/provider"
+	"github.com/relaytunnel/relay/internal/provider"
 )
 
 // secretFor is a well-formed secret in each provider's own format.

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaytunnel/relay/internal/pebbletest"
 	"github.com/relaytunnel/relay/server/certs"
-	"github.com/relaytunnel/relay/server/certs/pebbletest"
 )
 
 const acmeDomain = "relay.test"

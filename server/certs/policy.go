@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/relaytunnel/relay/protocol"
 )
 
 // ErrNotAllowed is returned for names the server must neither serve nor
@@ -58,23 +60,8 @@ func (p HostPolicy) label(host string) (string, error) {
 		return "", nil
 	}
 	label, ok := strings.CutSuffix(name, "."+apex)
-	if !ok || !isLabel(label) {
+	if !ok || !protocol.ValidName(label) {
 		return "", fmt.Errorf("%w: %q is not %s or NAME.%s", ErrNotAllowed, host, apex, apex)
 	}
 	return label, nil
-}
-
-// isLabel reports whether s is one DNS label of letters, digits and
-// inner hyphens, so garbage never reaches the store.
-func isLabel(s string) bool {
-	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
 }

@@ -1,14 +1,9 @@
 package store
 
-import (
-	"context"
-	"database/sql"
-	"errors"
-	"fmt"
-)
+import "github.com/relaytunnel/relay/internal/sqlitedb"
 
 // ErrSchemaTooNew means the database was written by a newer relay.
-var ErrSchemaTooNew = errors.New("database schema is newer than this relay")
+var ErrSchemaTooNew = sqlitedb.ErrSchemaTooNew
 
 // migrations are applied in order; the schema version is the number
 // applied (PRAGMA user_version). Append only: never edit a shipped one.
@@ -56,32 +51,4 @@ var migrations = []string{
 	);
 	CREATE INDEX delivery_log_name ON delivery_log(name, seq);
 	ALTER TABLE names ADD COLUMN queue INTEGER NOT NULL DEFAULT 1;`,
-}
-
-func migrate(ctx context.Context, db *sql.DB) error {
-	var v int
-	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
-		return fmt.Errorf("read schema version: %w", err)
-	}
-	if v > len(migrations) {
-		return fmt.Errorf("%w (schema %d, this build knows %d): upgrade relay", ErrSchemaTooNew, v, len(migrations))
-	}
-	for i := v; i < len(migrations); i++ {
-		tx, err := db.BeginTx(ctx, nil)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, i+1)); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-	}
-	return nil
 }

@@ -12,13 +12,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"github.com/relaytunnel/relay/internal/sqlitedb"
+	"github.com/relaytunnel/relay/protocol"
 )
 
 // Sentinel errors callers branch on.
@@ -45,20 +44,11 @@ type Store struct {
 
 // Open opens (creating if needed) DIR/relay.db and migrates it.
 func Open(ctx context.Context, dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data dir %s: %w", dir, err)
-	}
-	path := filepath.Join(dir, "relay.db")
 	// synchronous=FULL: an answer to a provider may depend on a row being
 	// on disk (the offline queue).
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_txlock=immediate"
-	db, err := sql.Open("sqlite", dsn)
+	db, err := sqlitedb.Open(ctx, filepath.Join(dir, "relay.db"), sqlitedb.Options{Sync: sqlitedb.SyncFull, Migrations: migrations})
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	if err := migrate(ctx, db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("migrate %s: %w", path, err)
+		return nil, err
 	}
 	return &Store{db: db}, nil
 }
@@ -69,11 +59,9 @@ func (s *Store) Close() error { return s.db.Close() }
 // DB is the underlying database, for files of this package that add tables.
 func (s *Store) DB() *sql.DB { return s.db }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
 // ValidName checks that name can be a tunnel name: one lowercase DNS label.
 func ValidName(name string) error {
-	if !nameRE.MatchString(name) {
+	if !protocol.ValidName(name) {
 		return fmt.Errorf("%w %q: use 1-63 of a-z, 0-9 and '-', not starting or ending with '-'", ErrInvalidName, name)
 	}
 	return nil

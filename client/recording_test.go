@@ -1,4 +1,4 @@
-package server_test
+package client_test
 
 import (
 	"context"
@@ -13,8 +13,9 @@ import (
 	"time"
 
 	"github.com/relaytunnel/relay/client"
-	"github.com/relaytunnel/relay/client/provider"
 	"github.com/relaytunnel/relay/client/record"
+	"github.com/relaytunnel/relay/internal/provider"
+	"github.com/relaytunnel/relay/internal/relaytest"
 )
 
 // recordingAgent runs an agent that records into st and returns the ids
@@ -22,7 +23,7 @@ import (
 func recordingAgent(t *testing.T, cfg client.Config, st *record.Store) (*client.Agent, <-chan int64) {
 	t.Helper()
 	cfg.Store = st
-	console := &syncBuffer{}
+	console := &relaytest.Buffer{}
 	cfg.Console = console
 	a, err := client.New(cfg)
 	if err != nil {
@@ -84,7 +85,7 @@ type countingApp struct {
 }
 
 func (c *countingApp) start(t *testing.T) string {
-	return httptestServer(t, func(w http.ResponseWriter, r *http.Request) {
+	return relaytest.App(t, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		n := int(c.calls.Add(1))
 		status := http.StatusOK
@@ -129,17 +130,17 @@ func send(t *testing.T, hc *http.Client, url string, h http.Header, body []byte)
 
 func TestEveryDeliveryIsRecordedWithProviderAndVerdict(t *testing.T) {
 	const secret = "whsec_recorded"
-	for _, tr := range transports {
+	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
-			srv := startServer(t)
+			srv := relaytest.StartServer(t)
 			st := openRecords(t, record.Options{})
-			cfg := agentConfig(srv, tr, createToken(t, srv, "rec"), "rec", echoApp(t).URL)
+			cfg := relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "rec"), "rec", relaytest.EchoApp(t).URL)
 			cfg.Secrets = map[string]string{provider.Stripe: secret, provider.GitLab: "gitlab-token-secret"}
 			_, ids := recordingAgent(t, cfg, st)
-			hc := providerClient(t, srv)
+			hc := relaytest.ProviderClient(t, srv)
 
 			h, body := signedStripe(t, secret)
-			if resp := send(t, hc, tunnelURL(srv, "rec", "/stripe?live=1"), h, body); resp.StatusCode != http.StatusCreated {
+			if resp := send(t, hc, relaytest.TunnelURL(srv, "rec", "/stripe?live=1"), h, body); resp.StatusCode != http.StatusCreated {
 				t.Fatalf("status %d, want the app's 201", resp.StatusCode)
 			}
 			d := nextRecording(t, ids, st)
@@ -174,13 +175,13 @@ func TestEveryDeliveryIsRecordedWithProviderAndVerdict(t *testing.T) {
 			}
 
 			// A tampered body is recorded as invalid, with the reason.
-			send(t, hc, tunnelURL(srv, "rec", "/stripe"), h, append(body, ' '))
+			send(t, hc, relaytest.TunnelURL(srv, "rec", "/stripe"), h, append(body, ' '))
 			if d := nextRecording(t, ids, st); d.Signature != "invalid" || d.SignatureReason == "" {
 				t.Errorf("tampered delivery recorded as %q (%q), want invalid with a reason", d.Signature, d.SignatureReason)
 			}
 
 			// GitLab sends its secret as a header: it is not written down.
-			send(t, hc, tunnelURL(srv, "rec", "/gitlab"), http.Header{
+			send(t, hc, relaytest.TunnelURL(srv, "rec", "/gitlab"), http.Header{
 				"X-Gitlab-Event": {"Push Hook"}, "X-Gitlab-Token": {"gitlab-token-secret"}, "Content-Type": {"application/json"},
 			}, []byte(`{"object_kind":"push"}`))
 			d = nextRecording(t, ids, st)
@@ -195,12 +196,12 @@ func TestEveryDeliveryIsRecordedWithProviderAndVerdict(t *testing.T) {
 }
 
 func TestBodiesOverTheCapAreForwardedWholeAndRecordedInPart(t *testing.T) {
-	srv := startServer(t)
+	srv := relaytest.StartServer(t)
 	st := openRecords(t, record.Options{BodyCap: 1024})
-	app := echoApp(t)
-	_, ids := recordingAgent(t, agentConfig(srv, "quic", createToken(t, srv, "big"), "big", app.URL), st)
+	app := relaytest.EchoApp(t)
+	_, ids := recordingAgent(t, relaytest.AgentConfig(srv, "quic", relaytest.CreateToken(t, srv, "big"), "big", app.URL), st)
 	body := strings.Repeat("x", 10000)
-	resp := send(t, providerClient(t, srv), tunnelURL(srv, "big", "/"), nil, []byte(body))
+	resp := send(t, relaytest.ProviderClient(t, srv), relaytest.TunnelURL(srv, "big", "/"), nil, []byte(body))
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
@@ -218,14 +219,14 @@ func TestBodiesOverTheCapAreForwardedWholeAndRecordedInPart(t *testing.T) {
 
 func TestVerifyRejectAnswers401WithoutForwarding(t *testing.T) {
 	const secret = "whsec_reject"
-	srv := startServer(t)
+	srv := relaytest.StartServer(t)
 	st := openRecords(t, record.Options{})
 	app := &countingApp{}
-	cfg := agentConfig(srv, "tcp", createToken(t, srv, "strict"), "strict", app.start(t))
+	cfg := relaytest.AgentConfig(srv, "tcp", relaytest.CreateToken(t, srv, "strict"), "strict", app.start(t))
 	cfg.Secrets = map[string]string{provider.Stripe: secret}
 	cfg.VerifyReject = true
 	_, ids := recordingAgent(t, cfg, st)
-	hc := providerClient(t, srv)
+	hc := relaytest.ProviderClient(t, srv)
 	h, body := signedStripe(t, secret)
 	stale, staleBody := signedStripe(t, "whsec_someone_else")
 
@@ -244,7 +245,7 @@ func TestVerifyRejectAnswers401WithoutForwarding(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp := send(t, hc, tunnelURL(srv, "strict", "/hook"), tt.header, tt.body)
+			resp := send(t, hc, relaytest.TunnelURL(srv, "strict", "/hook"), tt.header, tt.body)
 			if resp.StatusCode != tt.wantStatus {
 				t.Errorf("status %d, want %d", resp.StatusCode, tt.wantStatus)
 			}
@@ -260,14 +261,14 @@ func TestVerifyRejectAnswers401WithoutForwarding(t *testing.T) {
 }
 
 func TestDedupForwardsEachEventOnceEvenAcrossRestarts(t *testing.T) {
-	srv := startServer(t)
+	srv := relaytest.StartServer(t)
 	st := openRecords(t, record.Options{})
 	app := &countingApp{}
 	target := app.start(t)
-	token := createToken(t, srv, "once")
-	cfg := agentConfig(srv, "quic", token, "once", target)
+	token := relaytest.CreateToken(t, srv, "once")
+	cfg := relaytest.AgentConfig(srv, "quic", token, "once", target)
 	cfg.Dedup = true
-	hc := providerClient(t, srv)
+	hc := relaytest.ProviderClient(t, srv)
 	github := func(id string) http.Header {
 		return http.Header{"X-Github-Event": {"push"}, "X-Github-Delivery": {id}, "Content-Type": {"application/json"}}
 	}
@@ -288,7 +289,9 @@ func TestDedupForwardsEachEventOnceEvenAcrossRestarts(t *testing.T) {
 	var wg sync.WaitGroup
 	statuses := make(chan int, 5)
 	for range 5 {
-		wg.Go(func() { statuses <- send(t, hc, tunnelURL(srv, "once", "/gh"), github("d-1"), []byte(`{}`)).StatusCode })
+		wg.Go(func() {
+			statuses <- send(t, hc, relaytest.TunnelURL(srv, "once", "/gh"), github("d-1"), []byte(`{}`)).StatusCode
+		})
 	}
 	wg.Wait()
 	close(statuses)
@@ -314,30 +317,30 @@ func TestDedupForwardsEachEventOnceEvenAcrossRestarts(t *testing.T) {
 
 	// A new agent process on the same recordings still knows the event.
 	_, ids = recordingAgent(t, cfg, st)
-	resp := send(t, hc, tunnelURL(srv, "once", "/gh"), github("d-1"), []byte(`{}`))
+	resp := send(t, hc, relaytest.TunnelURL(srv, "once", "/gh"), github("d-1"), []byte(`{}`))
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Relay-Duplicate") != "true" {
 		t.Errorf("after restart: status %d, X-Relay-Duplicate %q; want 200, true", resp.StatusCode, resp.Header.Get("X-Relay-Duplicate"))
 	}
 	if d := nextRecording(t, ids, st); d.Outcome != record.OutcomeDuplicate || d.DuplicateOf == 0 {
 		t.Errorf("after restart recorded outcome %q duplicate of %d, want duplicate of the first", d.Outcome, d.DuplicateOf)
 	}
-	send(t, hc, tunnelURL(srv, "once", "/gh"), github("d-2"), []byte(`{}`))
+	send(t, hc, relaytest.TunnelURL(srv, "once", "/gh"), github("d-2"), []byte(`{}`))
 	if n := app.calls.Load(); n != 2 {
 		t.Errorf("the app got %d deliveries, want 2 (a new event passes)", n)
 	}
 }
 
 func TestDedupLetsARetryThroughWhenTheAppFailedTheFirstCopy(t *testing.T) {
-	srv := startServer(t)
+	srv := relaytest.StartServer(t)
 	st := openRecords(t, record.Options{})
 	app := &countingApp{script: []int{500, 200}}
-	cfg := agentConfig(srv, "tcp", createToken(t, srv, "flaky"), "flaky", app.start(t))
+	cfg := relaytest.AgentConfig(srv, "tcp", relaytest.CreateToken(t, srv, "flaky"), "flaky", app.start(t))
 	cfg.Dedup = true
 	recordingAgent(t, cfg, st)
-	hc := providerClient(t, srv)
+	hc := relaytest.ProviderClient(t, srv)
 	h := http.Header{"Webhook-Id": {"msg_1"}, "Webhook-Timestamp": {"1"}, "Webhook-Signature": {"v1,x"}}
 	for i, want := range []int{500, 200, 200} {
-		if got := send(t, hc, tunnelURL(srv, "flaky", "/"), h, []byte(`{}`)).StatusCode; got != want {
+		if got := send(t, hc, relaytest.TunnelURL(srv, "flaky", "/"), h, []byte(`{}`)).StatusCode; got != want {
 			t.Errorf("copy %d: status %d, want %d", i+1, got, want)
 		}
 	}
@@ -360,13 +363,13 @@ func TestRetryKeepsTryingAFailingAppAndRecordsEachAttempt(t *testing.T) {
 		{"the budget bounds the retries", []int{500}, 600 * time.Millisecond, http.StatusInternalServerError, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := startServer(t)
+			srv := relaytest.StartServer(t)
 			st := openRecords(t, record.Options{})
 			app := &countingApp{script: tt.script}
-			cfg := agentConfig(srv, "quic", createToken(t, srv, "retry"), "retry", app.start(t))
+			cfg := relaytest.AgentConfig(srv, "quic", relaytest.CreateToken(t, srv, "retry"), "retry", app.start(t))
 			cfg.Retry = tt.retry
 			_, ids := recordingAgent(t, cfg, st)
-			resp := send(t, providerClient(t, srv), tunnelURL(srv, "retry", "/"), nil, []byte(`{"n":1}`))
+			resp := send(t, relaytest.ProviderClient(t, srv), relaytest.TunnelURL(srv, "retry", "/"), nil, []byte(`{"n":1}`))
 			if resp.StatusCode != tt.wantStatus {
 				t.Errorf("status %d, want %d", resp.StatusCode, tt.wantStatus)
 			}
@@ -387,7 +390,7 @@ func TestRetryKeepsTryingAFailingAppAndRecordsEachAttempt(t *testing.T) {
 }
 
 func TestRetryWaitsForAnAppThatIsDown(t *testing.T) {
-	srv := startServer(t)
+	srv := relaytest.StartServer(t)
 	st := openRecords(t, record.Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -395,9 +398,9 @@ func TestRetryWaitsForAnAppThatIsDown(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close() // down until the first refusal has been seen
-	cfg := agentConfig(srv, "tcp", createToken(t, srv, "down"), "down", addr)
+	cfg := relaytest.AgentConfig(srv, "tcp", relaytest.CreateToken(t, srv, "down"), "down", addr)
 	cfg.Retry = time.Minute
-	console := &syncBuffer{}
+	console := &relaytest.Buffer{}
 	cfg.Console = console
 	a, err := client.New(cfg)
 	if err != nil {
@@ -411,9 +414,9 @@ func TestRetryWaitsForAnAppThatIsDown(t *testing.T) {
 	_ = st
 
 	got := make(chan int, 1)
-	hc := providerClient(t, srv)
+	hc := relaytest.ProviderClient(t, srv)
 	go func() {
-		resp, err := hc.Post(tunnelURL(srv, "down", "/"), "application/json", strings.NewReader(`{}`))
+		resp, err := hc.Post(relaytest.TunnelURL(srv, "down", "/"), "application/json", strings.NewReader(`{}`))
 		if err != nil {
 			got <- 0
 			return
@@ -421,7 +424,7 @@ func TestRetryWaitsForAnAppThatIsDown(t *testing.T) {
 		resp.Body.Close()
 		got <- resp.StatusCode
 	}()
-	waitFor(t, "the agent to announce a retry", func() bool { return strings.Contains(console.String(), "retrying") })
+	relaytest.WaitFor(t, "the agent to announce a retry", func() bool { return strings.Contains(console.String(), "retrying") })
 	var calls atomic.Int64
 	ln, err = net.Listen("tcp", addr)
 	if err != nil {
@@ -453,8 +456,8 @@ func TestNoQueueMakesAnOfflineTunnelAnswer503(t *testing.T) {
 		{"without it an offline tunnel queues (202)", false, http.StatusAccepted},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := startServer(t)
-			cfg := agentConfig(srv, "quic", createToken(t, srv, "live"), "live", echoApp(t).URL)
+			srv := relaytest.StartServer(t)
+			cfg := relaytest.AgentConfig(srv, "quic", relaytest.CreateToken(t, srv, "live"), "live", relaytest.EchoApp(t).URL)
 			cfg.NoQueue = tt.noQueue
 			a, err := client.New(cfg)
 			if err != nil {
@@ -467,10 +470,10 @@ func TestNoQueueMakesAnOfflineTunnelAnswer503(t *testing.T) {
 			cancel()
 			<-done
 
-			hc := providerClient(t, srv)
+			hc := relaytest.ProviderClient(t, srv)
 			var resp *http.Response
-			waitFor(t, "the relay to see the agent gone", func() bool {
-				resp, _ = post(t, hc, tunnelURL(srv, "live", "/"), `{}`)
+			relaytest.WaitFor(t, "the relay to see the agent gone", func() bool {
+				resp, _ = relaytest.Post(t, hc, relaytest.TunnelURL(srv, "live", "/"), `{}`)
 				return resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusAccepted
 			})
 			if resp.StatusCode != tt.want {
