@@ -87,7 +87,13 @@ func (o *agentOptions) run(cmd *cobra.Command, cfg client.Config) error {
 			return err
 		}
 		ins := inspect.New(store, inspect.Options{
-			Replay: func(ctx context.Context, id int64) (int64, error) { return a.Replay(ctx, id, "") },
+			Replay: func(ctx context.Context, id int64) (int64, error) {
+				d, err := a.Replay(ctx, id, nil)
+				if err != nil {
+					return 0, err
+				}
+				return d.ID, nil
+			},
 			Logger: cfg.Logger,
 		})
 		a.OnRecorded = ins.Notify
