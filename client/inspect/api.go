@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/relaytunnel/relay/client"
 	"github.com/relaytunnel/relay/client/record"
 )
 
@@ -25,6 +26,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /api/requests/{id}", s.handleGet)
 	mux.HandleFunc("POST /api/requests/{id}/replay", s.handleReplay)
 	mux.HandleFunc("GET /api/events", s.handleEvents)
+	mux.HandleFunc("GET /api/info", s.handleInfo)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such API endpoint")
 	})
@@ -114,8 +116,16 @@ func pathID(r *http.Request) (int64, error) {
 	return id, nil
 }
 
-// handleGet is GET /api/requests/{id}: one delivery with bodies, in the
-// record package's JSON.
+// detail is one delivery as the page shows it: the record package's JSON,
+// plus its timings in microseconds (which add up) and the curl command that
+// sends it again.
+type detail struct {
+	*record.Delivery
+	Timing *timing `json:"timing,omitempty"`
+	Curl   string  `json:"curl,omitempty"`
+}
+
+// handleGet is GET /api/requests/{id}: one delivery with bodies.
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 	id, err := pathID(r)
 	if err != nil {
@@ -132,11 +142,25 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, fmt.Sprintf("get delivery %d: %v", id, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, d)
+	writeJSON(w, http.StatusOK, detail{Delivery: d, Timing: timingOf(d), Curl: curlCommand(d)})
 }
 
-// handleReplay is POST /api/requests/{id}/replay; ServeHTTP has already
-// checked that it comes from the inspector's page.
+// replayed is the answer to a replay: the new recording's id and what came
+// of it.
+type replayed struct {
+	ID              int64   `json:"id"`
+	ReplayOf        int64   `json:"replay_of"`
+	Edited          bool    `json:"edited,omitempty"`
+	Status          int     `json:"status"`
+	DurationMS      float64 `json:"duration_ms"`
+	Signature       string  `json:"signature,omitempty"`
+	SignatureReason string  `json:"signature_reason,omitempty"`
+	Error           string  `json:"error,omitempty"`
+}
+
+// handleReplay is POST /api/requests/{id}/replay, with no body to send the
+// recording again as it is, or a JSON edit (see readEdit); ServeHTTP has
+// already checked that it comes from the inspector's page.
 func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request) {
 	id, err := pathID(r)
 	if err != nil {
@@ -147,20 +171,38 @@ func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotImplemented, "replay is not available here")
 		return
 	}
+	var edit *client.ReplayEdit
+	if r.ContentLength != 0 {
+		if edit, err = readEdit(w, r, s.st.BodyCap()); err != nil {
+			status := http.StatusBadRequest
+			if errors.Is(err, errNotJSON) {
+				status = http.StatusUnsupportedMediaType
+			}
+			writeError(w, status, err.Error())
+			return
+		}
+	}
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(replayTimeout))
-	newID, err := s.replay(r.Context(), id)
-	if errors.Is(err, record.ErrNotFound) {
+	d, err := s.replay(r.Context(), id, edit)
+	switch {
+	case errors.Is(err, record.ErrNotFound):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("delivery %d not found (it may have been pruned)", id))
 		return
-	}
-	if err != nil {
+	case errors.Is(err, client.ErrBadEdit):
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	case errors.Is(err, client.ErrNotReplayable):
+		writeError(w, http.StatusConflict, err.Error())
+		return
+	case err != nil:
 		s.log.Debug("inspector replay", "id", id, "err", err)
 		writeError(w, http.StatusBadGateway, fmt.Sprintf("replay delivery %d: %v", id, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, struct {
-		ID int64 `json:"id"`
-	}{newID})
+	writeJSON(w, http.StatusOK, replayed{
+		ID: d.ID, ReplayOf: d.ReplayOf, Edited: edit != nil, Status: d.Status, DurationMS: d.Summary().DurationMS,
+		Signature: d.Signature, SignatureReason: d.SignatureReason, Error: d.Error,
+	})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

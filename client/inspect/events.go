@@ -12,6 +12,10 @@ import (
 // is told to resync instead; the recorder must never wait for a browser.
 const subscriberBuffer = 64
 
+// infoChanged travels the hub in place of a delivery id (ids start at 1):
+// the page should ask for /api/info again.
+const infoChanged = 0
+
 // eventWriteTimeout bounds each write to an event stream, so a page that
 // stopped reading cannot hold its handler forever.
 const eventWriteTimeout = 10 * time.Second
@@ -74,8 +78,9 @@ func (h *hub) publish(id int64) {
 }
 
 // handleEvents is GET /api/events: a Server-Sent Events stream with one
-// "delivery" event per recorded delivery, "resync" when the page fell behind,
-// and a comment now and then to show it is alive. It ends when the page goes
+// "delivery" event per recorded delivery, "info" when the agent's Info
+// changed, "resync" when the page fell behind, and a comment now and then to
+// show it is alive. It ends when the page goes
 // away or Serve shuts down.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
@@ -116,7 +121,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		case <-stop:
 			return
 		case id := <-sub.ids:
-			msg = fmt.Sprintf("event: delivery\ndata: {\"id\":%d}\n\n", id)
+			if id == infoChanged {
+				msg = "event: info\ndata: {}\n\n"
+			} else {
+				msg = fmt.Sprintf("event: delivery\ndata: {\"id\":%d}\n\n", id)
+			}
 			if sub.lagged.Swap(false) {
 				msg += "event: resync\ndata: {}\n\n"
 			}

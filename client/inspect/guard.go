@@ -86,6 +86,16 @@ func sameOrigin(r *http.Request) error {
 	return nil
 }
 
+// notCrossSite refuses API reads that another site's page makes: it could
+// not read the answers (no CORS), but how long they take could still tell
+// it whether a filter matched.
+func notCrossSite(r *http.Request) error {
+	if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" || site == "same-site" {
+		return fmt.Errorf("refusing a %s request; the inspector's API answers its own page only", site)
+	}
+	return nil
+}
+
 // checkLoopbackAddr refuses a listener address that other machines can reach.
 func checkLoopbackAddr(a net.Addr) error {
 	var ip netip.Addr

@@ -1,7 +1,7 @@
 // Package inspect is the agent's local web inspector: the page `relay connect`
 // serves at http://127.0.0.1:4040 and the JSON API behind it. It lists the
 // recorded deliveries live, shows one with its request, response, timings and
-// signature verdict, and replays it.
+// signature verdict, replays it as recorded or edited, and compares two.
 //
 // The inspector shows webhook bodies and can replay them, so it is reachable
 // only from this machine: Serve listens on loopback only, every request must
@@ -17,8 +17,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/relaytunnel/relay/client"
 	"github.com/relaytunnel/relay/client/record"
 )
 
@@ -28,21 +30,42 @@ var ErrNotLoopback = errors.New("the inspector listens on loopback only")
 
 // Options configures a Server; the zero value is usable.
 type Options struct {
-	// Replay sends a recorded delivery to the local app again and returns
-	// the id of the new recording. Nil disables replay (501).
-	Replay func(ctx context.Context, id int64) (newID int64, err error)
+	// Replay sends a recorded delivery to the local app again, as recorded
+	// or (edit not nil) as edited on the page, and returns the new
+	// recording. Nil disables replay (501).
+	Replay func(ctx context.Context, id int64, edit *client.ReplayEdit) (*record.Delivery, error)
+	// Info says which tunnel the page belongs to; nil leaves the header
+	// blank.
+	Info func() Info
+	// Connected, when set, is closed once the agent has its public URL;
+	// open pages are then told to ask Info again.
+	Connected <-chan struct{}
 	// Logger receives debug lines; nil discards them.
 	Logger *slog.Logger
+}
+
+// Info is what the page's header and empty state say about the agent.
+type Info struct {
+	Tunnel    string // the tunnel's name
+	PublicURL string // https://NAME.relay.example.com, "" until connected
+	Target    string // the local app: http://localhost:3000
+	// CAFile is the CA the agent was told to trust (a dev relay's), which
+	// curl and `relay trigger` need too.
+	CAFile string
+	// Signing names the providers the agent has a --secret for.
+	Signing []string
 }
 
 // Server is the inspector: an http.Handler over a recording store, plus a
 // fan-out of "a delivery was recorded" events to open pages.
 type Server struct {
-	st     *record.Store
-	replay func(ctx context.Context, id int64) (int64, error)
-	log    *slog.Logger
-	mux    *http.ServeMux
-	hub    *hub
+	st        *record.Store
+	replay    func(ctx context.Context, id int64, edit *client.ReplayEdit) (*record.Delivery, error)
+	info      func() Info
+	connected <-chan struct{}
+	log       *slog.Logger
+	mux       *http.ServeMux
+	hub       *hub
 
 	// keepAlive is how often an idle event stream gets a comment, so that
 	// proxies and the browser see it is alive.
@@ -70,6 +93,8 @@ func New(st *record.Store, opt Options) *Server {
 	s := &Server{
 		st:        st,
 		replay:    opt.Replay,
+		info:      opt.Info,
+		connected: opt.Connected,
 		log:       log,
 		hub:       newHub(),
 		keepAlive: 15 * time.Second,
@@ -92,6 +117,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusForbidden, err.Error())
 			return
 		}
+	} else if strings.HasPrefix(r.URL.Path, "/api/") {
+		if err := notCrossSite(r); err != nil {
+			writeError(w, http.StatusForbidden, err.Error())
+			return
+		}
 	}
 	if r.URL.Path != "/api/events" {
 		// Serve sets no server-wide write timeout, for the event stream's sake.
@@ -102,7 +132,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Notify tells every open page that delivery id was recorded. It never
 // blocks: a page that falls behind is told to reload its list instead.
-func (s *Server) Notify(id int64) { s.hub.publish(id) }
+func (s *Server) Notify(id int64) {
+	if id > 0 {
+		s.hub.publish(id)
+	}
+}
+
+// InfoChanged tells every open page to ask for Info again (the agent
+// connected and has its public URL).
+func (s *Server) InfoChanged() { s.hub.publish(infoChanged) }
 
 // streamsKey carries, in each request's context, a channel closed when Serve
 // begins shutting down, so that event streams end and shutdown can finish.
@@ -130,16 +168,30 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if s.connected == nil {
+			return
+		}
+		select {
+		case <-s.connected:
+			s.InfoChanged()
+		case <-stopping:
+		}
+	}()
 
 	select {
 	case err := <-served:
 		close(stopping)
+		<-watched
 		return fmt.Errorf("inspector on %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
 	// Shutdown waits for handlers, and event streams never finish by
 	// themselves: end them first.
 	close(stopping)
+	<-watched
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	err := srv.Shutdown(sctx)

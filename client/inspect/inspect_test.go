@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaytunnel/relay/client"
 	"github.com/relaytunnel/relay/client/inspect"
 	"github.com/relaytunnel/relay/client/record"
 )
@@ -91,12 +92,12 @@ func TestAPI(t *testing.T) {
 	first := addDelivery(t, st, "/stripe", 200, "stripe")
 	second := addDelivery(t, st, "/github", 500, "github")
 	replayed := map[int64]bool{}
-	_, base := inspector(t, st, inspect.Options{Replay: func(_ context.Context, id int64) (int64, error) {
+	_, base := inspector(t, st, inspect.Options{Replay: func(ctx context.Context, id int64, _ *client.ReplayEdit) (*record.Delivery, error) {
 		if id > second {
-			return 0, fmt.Errorf("delivery %d: %w", id, record.ErrNotFound)
+			return nil, fmt.Errorf("delivery %d: %w", id, record.ErrNotFound)
 		}
 		replayed[id] = true
-		return addDelivery(t, st, "/replayed", 200, ""), nil
+		return st.Get(ctx, addDelivery(t, st, "/replayed", 200, ""))
 	}})
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(base, "http://"))
 	page := http.Header{"X-Relay-Inspector": {"1"}, "Origin": {base}, "Sec-Fetch-Site": {"same-origin"}}
@@ -122,6 +123,9 @@ func TestAPI(t *testing.T) {
 		{"an unknown endpoint is a 404", "GET", "/api/nothing", "", nil, 404, "no such"},
 		{"localhost is a loopback name", "GET", "/api/requests", "localhost:" + port, nil, 200, "["},
 		{"a rebound DNS name is refused", "GET", "/api/requests", "evil.example:" + port, nil, 403, "not a loopback name"},
+		{"another site's page cannot read the API", "GET", "/api/requests?q=secret", "", http.Header{"Sec-Fetch-Site": {"cross-site"}}, 403, "cross-site"},
+		{"another site may link to the page", "GET", "/", "", http.Header{"Sec-Fetch-Site": {"cross-site"}}, 200, "relay inspector"},
+		{"the agent's info is served", "GET", "/api/info", "", nil, 200, "{"},
 		{"a rebound DNS name cannot load the page", "GET", "/", "evil.example", nil, 403, "not a loopback name"},
 		{"a rebound name cannot replay", "POST", fmt.Sprintf("/api/requests/%d/replay", first), "evil.example:" + port, page, 403, "loopback"},
 		{"replay without the page's header is refused", "POST", fmt.Sprintf("/api/requests/%d/replay", first), "", nil, 403, "X-Relay-Inspector"},

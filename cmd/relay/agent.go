@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -86,15 +88,18 @@ func (o *agentOptions) run(cmd *cobra.Command, cfg client.Config) error {
 		if err != nil {
 			return err
 		}
+		target := cfg.Target
+		if u, err := client.ParseTarget(cfg.Target); err == nil { // client.New has checked it
+			target = u.String()
+		}
 		ins := inspect.New(store, inspect.Options{
-			Replay: func(ctx context.Context, id int64) (int64, error) {
-				d, err := a.Replay(ctx, id, nil)
-				if err != nil {
-					return 0, err
-				}
-				return d.ID, nil
+			Replay: a.Replay,
+			Info: func() inspect.Info {
+				w := a.Welcome()
+				return inspect.Info{Tunnel: w.Name, PublicURL: w.URL, Target: target, CAFile: cfg.CAFile, Signing: slices.Collect(maps.Keys(secrets))}
 			},
-			Logger: cfg.Logger,
+			Connected: a.Ready(),
+			Logger:    cfg.Logger,
 		})
 		a.OnRecorded = ins.Notify
 		addrFile := filepath.Join(o.dataDir, inspectorFile)
