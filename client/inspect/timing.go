@@ -29,13 +29,12 @@ func timingOf(d *record.Delivery) *timing {
 	if d.StartedAt.IsZero() || d.FinishedAt.IsZero() {
 		return nil
 	}
-	var t timing
+	// The agent's part is the list's duration to the microsecond; its
+	// parts are cut from it, so that nothing is lost to rounding.
+	t := timing{AgentUS: micros(d.FinishedAt.Sub(d.StartedAt))}
 	if !d.AnsweredAt.IsZero() {
-		t.AppUS = micros(d.AnsweredAt.Sub(d.StartedAt))
-		t.BodyUS = micros(d.FinishedAt.Sub(d.AnsweredAt))
-		t.AgentUS = t.AppUS + t.BodyUS
-	} else {
-		t.AgentUS = micros(d.FinishedAt.Sub(d.StartedAt))
+		t.AppUS = min(micros(d.AnsweredAt.Sub(d.StartedAt)), t.AgentUS)
+		t.BodyUS = t.AgentUS - t.AppUS
 	}
 	if d.Kind != record.KindReplay && !d.ReceivedAt.IsZero() {
 		// The relay's clock stamped ReceivedAt, this machine's StartedAt.

@@ -613,7 +613,8 @@ async function select(id) {
   actions.append(result);
   out.push(actions, curlPre, editHolder);
 
-  if (d.signature) out.push(el("div.verdict." + d.signature, "signature " + d.signature + (d.signature_reason ? ": " + d.signature_reason : "")));
+  // "unchecked: provider unknown" would sit on every plain request.
+  if (d.signature && (d.provider || d.signature !== "unchecked")) out.push(el("div.verdict." + d.signature, "signature " + d.signature + (d.signature_reason ? ": " + d.signature_reason : "")));
   if (d.error) out.push(el("div.errorbox", d.error));
 
   const facts = el("dl.facts");
