@@ -68,6 +68,15 @@ func TestTheInspectorKnowsItsAgent(t *testing.T) {
 	}
 	resp.Body.Close()
 	waitUntil(t, "the delivery's line", func() bool { return strings.Contains(console.String(), "POST /hooks 201") })
+	// The line is printed before the recording is written (off the delivery path).
+	waitUntil(t, "the delivery to be recorded", func() bool {
+		resp, err := http.Get(base + "/api/requests/1")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 
 	// `relay replay` goes through the running agent, which says so.
 	code, out, errs = runCLI(t, "replay", "1", "--data", data)
