@@ -34,23 +34,51 @@ type page struct {
 	ctx context.Context
 }
 
-// openBrowser starts headless Chromium with a window of w×h CSS pixels; it
-// closes when the test ends. Without chromium the test is skipped.
+// browser is one headless Chromium for the package's tests, started by the
+// first test that needs it and stopped by TestMain; each test gets a tab of
+// its own. Starting Chromium costs seconds on a busy machine.
+var browser struct {
+	once sync.Once
+	ctx  context.Context // the browser's; tabs derive from it
+	stop func()
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if browser.stop != nil {
+		browser.stop()
+	}
+	os.Exit(code)
+}
+
+// openBrowser opens a tab of w×h CSS pixels in headless Chromium; it closes
+// when the test ends. Without chromium the test is skipped.
 func openBrowser(t *testing.T, w, h int) *page {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
 		t.Skip("chromium is not installed (.ci/run installs Debian's chromium)")
 	}
-	ctx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU, chromedp.WindowSize(w, h))...)
-	t.Cleanup(cancel)
-	ctx, cancel = chromedp.NewContext(ctx, chromedp.WithErrorf(t.Logf))
-	t.Cleanup(cancel)
-	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
+	browser.once.Do(func() {
+		actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+			chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU)...)
+		bctx, cancelBrowser := chromedp.NewContext(actx)
+		browser.ctx, browser.stop = bctx, func() { cancelBrowser(); cancelAlloc() }
+		browser.err = chromedp.Do(bctx) // starts Chromium; it lives as long as bctx
+	})
+	if browser.err != nil {
+		t.Fatalf("start chromium: %v", browser.err)
+	}
+	tab, closeTab := chromedp.NewContext(browser.ctx)
+	t.Cleanup(closeTab)
+	if err := chromedp.Do(tab); err != nil { // opens the tab, which lives as long as tab
+		t.Fatalf("open a tab: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(tab, 90*time.Second)
 	t.Cleanup(cancel)
 	if err := chromedp.Do(ctx, chromedp.EmulateViewport(int64(w), int64(h))); err != nil {
-		t.Fatalf("start chromium: %v", err)
+		t.Fatalf("size the tab: %v", err)
 	}
 	return &page{t: t, ctx: ctx}
 }
