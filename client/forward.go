@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/relaytunnel/relay/client/record"
+	"github.com/relaytunnel/relay/internal/dialer"
 	"github.com/relaytunnel/relay/internal/provider"
 	"github.com/relaytunnel/relay/protocol"
 )
@@ -67,7 +68,7 @@ func newForwarder(cfg *resolved, report func(*Delivery)) *forwarder {
 	f := &forwarder{cfg: cfg, report: report, dedup: newDedup(cfg.Store, cfg.DedupWindow)}
 	f.transport = &http.Transport{
 		Proxy:                 nil, // the local app is local; never go through HTTP_PROXY
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           (&dialer.Dialer{Dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}}).DialContext,
 		MaxIdleConns:          256,
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,

@@ -13,6 +13,8 @@ import (
 	"os"
 	"text/tabwriter"
 	"time"
+
+	"github.com/relaytunnel/relay/internal/dialer"
 )
 
 // remoteFlags reach the relay server's delivery log: what arrived for the
@@ -60,6 +62,7 @@ func (f remoteFlags) fetch(ctx context.Context, limit int) (*remoteLog, []byte, 
 	}
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		Proxy:           http.ProxyFromEnvironment,
+		DialContext:     dialer.New().DialContext,
 		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: name},
 	}}
 	q := url.Values{"limit": {fmt.Sprint(limit)}}
