@@ -321,7 +321,8 @@ func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
 	}{
 		{"challenge for an unreserved name is forbidden", "nobody." + acmeDomain, "/.well-known/acme-challenge/x", http.StatusForbidden, ""},
 		{"unknown challenge token is not found", name, "/.well-known/acme-challenge/x", http.StatusNotFound, ""},
-		{"other paths redirect to HTTPS", name, "/hook?a=1", http.StatusPermanentRedirect, "https://" + name + "/hook?a=1"},
+		// The redirect keeps the HTTPS port, which here is not 443.
+		{"other paths redirect to HTTPS", name, "/hook?a=1", http.StatusPermanentRedirect, "https://" + net.JoinHostPort(name, mustPort(t, srv.Addr())) + "/hook?a=1"},
 		{"challenge with a port in Host is forbidden", net.JoinHostPort(name, "80"), "/.well-known/acme-challenge/x", http.StatusForbidden, ""},
 	}
 	noRedirect := &http.Client{
@@ -348,4 +349,13 @@ func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mustPort(t *testing.T, addr string) string {
+	t.Helper()
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
 }

@@ -27,6 +27,9 @@ type Config struct {
 	PublicPort int
 	// DataDir holds the database, the ACME cache and the dev CA.
 	DataDir string
+	// Sockets are listening sockets inherited from systemd; the
+	// addresses above that match one use it instead of binding.
+	Sockets *Sockets
 
 	// Certificates: Dev, or TLSCert+TLSKey, or ACME (the default).
 	Dev           bool
@@ -99,7 +102,8 @@ func (c Config) withDefaults() (Config, error) {
 		c.Listen = ":443"
 	}
 	if c.QUICListen == "" {
-		c.QUICListen = ":443"
+		// QUIC shares the TCP address: one port to open, one to document.
+		c.QUICListen = c.Listen
 	}
 	if c.HTTPListen == "" {
 		c.HTTPListen = ":80"

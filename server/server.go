@@ -108,7 +108,7 @@ func (s *Server) setup() error {
 		return fmt.Errorf("certificates: %w", err)
 	}
 
-	s.tcpLn, err = net.Listen("tcp", cfg.Listen)
+	s.tcpLn, err = cfg.Sockets.listenTCP(cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
@@ -119,11 +119,7 @@ func (s *Server) setup() error {
 			host, _, _ := net.SplitHostPort(cfg.Listen)
 			qaddr = net.JoinHostPort(host, strconv.Itoa(s.tcpLn.Addr().(*net.TCPAddr).Port))
 		}
-		ua, err := net.ResolveUDPAddr("udp", qaddr)
-		if err != nil {
-			return fmt.Errorf("quic listen %s: %w", qaddr, err)
-		}
-		if s.udpConn, err = net.ListenUDP("udp", ua); err != nil {
+		if s.udpConn, err = cfg.Sockets.listenUDP(qaddr); err != nil {
 			return fmt.Errorf("quic listen %s: %w", qaddr, err)
 		}
 		s.quicTr = &quic.Transport{Conn: s.udpConn}
@@ -135,9 +131,12 @@ func (s *Server) setup() error {
 		}
 	}
 	if cfg.HTTPListen != "off" {
-		if s.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+		if s.httpLn, err = cfg.Sockets.listenTCP(cfg.HTTPListen); err != nil {
 			return fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
 		}
+	}
+	if err := cfg.Sockets.unused(); err != nil {
+		return err
 	}
 
 	s.edge = newEdge(s)
@@ -161,7 +160,7 @@ func (s *Server) setup() error {
 	s.https.Protocols.SetHTTP2(true)
 
 	if s.httpLn != nil {
-		var h http.Handler = certs.RedirectHTTPS()
+		var h http.Handler = certs.RedirectHTTPS(s.publicPort())
 		if s.acme != nil {
 			h = s.acme.HTTPHandler(h)
 		}
@@ -310,12 +309,17 @@ func (s *Server) DevCAPath() string {
 	return s.devCA.CertPath()
 }
 
+// publicPort is the HTTPS port providers use.
+func (s *Server) publicPort() int {
+	if s.cfg.PublicPort != 0 {
+		return s.cfg.PublicPort
+	}
+	return s.tcpLn.Addr().(*net.TCPAddr).Port
+}
+
 // PublicURL is the URL providers use for name.
 func (s *Server) PublicURL(name string) string {
-	port := s.cfg.PublicPort
-	if port == 0 {
-		port = s.tcpLn.Addr().(*net.TCPAddr).Port
-	}
+	port := s.publicPort()
 	host := name + "." + s.cfg.Domain
 	if port != 443 {
 		host = net.JoinHostPort(host, strconv.Itoa(port))

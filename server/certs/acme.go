@@ -161,7 +161,7 @@ func (a *ACME) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, err
 // autocert fall back to HTTP-01 when TLS-ALPN-01 fails.
 func (a *ACME) HTTPHandler(fallback http.Handler) http.Handler {
 	if fallback == nil {
-		fallback = RedirectHTTPS()
+		fallback = RedirectHTTPS(443)
 	}
 	return a.m.HTTPHandler(fallback)
 }
