@@ -14,10 +14,12 @@ import (
 )
 
 // recognizedEvent is what Recognize must say for each sample: the event name
-// itself, but GitHub adds the body's action and GitLab names its header.
+// itself, but GitHub adds the body's action, GitLab names its header, and
+// Shopify's Events sample is named apart from the classic one of its topic.
 var recognizedEvent = map[string]map[string]string{
-	GitHub: {"pull_request": "pull_request.opened", "issues": "issues.opened", "release": "release.published"},
-	GitLab: {"push": "Push Hook", "merge_request": "Merge Request Hook", "issue": "Issue Hook", "pipeline": "Pipeline Hook"},
+	Shopify: {"events:products/update": "products/update"},
+	GitHub:  {"pull_request": "pull_request.opened", "issues": "issues.opened", "release": "release.published"},
+	GitLab:  {"push": "Push Hook", "merge_request": "Merge Request Hook", "issue": "Issue Hook", "pipeline": "Pipeline Hook"},
 }
 
 func TestEveryProviderHasSamples(t *testing.T) {

@@ -251,7 +251,7 @@ var missingReasons = map[string]string{
 	GitHub:           "missing X-Hub-Signature-256 header",
 	GitLab:           "missing X-Gitlab-Token header",
 	Bitbucket:        "missing X-Hub-Signature header",
-	Shopify:          "missing X-Shopify-Hmac-Sha256 header",
+	Shopify:          "missing X-Shopify-Hmac-Sha256 (or Shopify-Hmac-Sha256) header",
 	Slack:            "missing X-Slack-Signature header",
 	Typeform:         "missing Typeform-Signature header",
 	StandardWebhooks: "missing webhook-signature header",
