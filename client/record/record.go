@@ -129,6 +129,7 @@ type Summary struct {
 	ReplayOf    int64     `json:"replay_of,omitempty"`
 	Kind        string    `json:"kind"`
 	Outcome     string    `json:"outcome"`
+	Tunnel      string    `json:"tunnel,omitempty"`
 	Transport   string    `json:"transport,omitempty"`
 	Method      string    `json:"method"`
 	Path        string    `json:"path"`
@@ -156,7 +157,7 @@ func (d *Delivery) Duration() time.Duration {
 // Summary is d's list line.
 func (d *Delivery) Summary() Summary {
 	return Summary{
-		ID: d.ID, ReplayOf: d.ReplayOf, Kind: d.Kind, Outcome: d.Outcome, Transport: d.Transport,
+		ID: d.ID, ReplayOf: d.ReplayOf, Kind: d.Kind, Outcome: d.Outcome, Tunnel: d.Tunnel, Transport: d.Transport,
 		Method: d.Method, Path: d.Path, Query: d.Query, Status: d.Status, Error: d.Error,
 		ReceivedAt: d.ReceivedAt, DurationMS: ms(d.Duration()), RequestSize: d.RequestBody.Size,
 		Provider: d.Provider, Event: d.Event, EventID: d.EventID, Signature: d.Signature,
@@ -171,10 +172,14 @@ type Filter struct {
 	Limit       int   // default 100
 	BeforeID    int64 // only ids below (paging back)
 	AfterID     int64 // only ids above (what is new)
-	StatusClass int   // 2 for 2xx ...; failures without a status count as 5xx
+	StatusClass int   // 2 for 2xx ...
+	Status      int   // exactly this status code
 	Provider    string
+	Tunnel      string
 	PathPrefix  string
 	Since       time.Time
-	// Search matches path, query, provider, event, event id and error.
+	// Search matches path, query, provider, event, event id, error, the
+	// method, the status code and the recorded request and response
+	// bodies (ASCII letters without regard to case).
 	Search string
 }

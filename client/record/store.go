@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -74,6 +75,26 @@ func Open(ctx context.Context, dir string, opt Options) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// ErrNoRecordings is returned by OpenExisting for a directory without a
+// recordings database.
+var ErrNoRecordings = errors.New("no recordings")
+
+// OpenExisting opens DIR/requests.db for reading and the odd replay, as
+// `relay requests` does while the agent may be writing: it creates
+// nothing and prunes nothing, since retention is the agent's (its --keep
+// may be larger than the defaults here).
+func OpenExisting(ctx context.Context, dir string) (*Store, error) {
+	path := filepath.Join(dir, DBFile)
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("%w in %s: %w", ErrNoRecordings, dir, err)
+	}
+	db, err := sqlitedb.Open(ctx, path, sqlitedb.Options{Sync: sqlitedb.SyncNormal, Migrations: migrations})
+	if err != nil {
+		return nil, fmt.Errorf("open recordings: %w", err)
+	}
+	return &Store{db: db, opt: Options{}.withDefaults(), path: path}, nil
 }
 
 // Path is the database file.
@@ -233,13 +254,13 @@ func (s *Store) Prune(ctx context.Context, now time.Time) (int64, error) {
 	return n, nil
 }
 
-const summaryCols = `id, replay_of, kind, outcome, transport, method, path, query, status, error,
+const summaryCols = `id, replay_of, kind, outcome, tunnel, transport, method, path, query, status, error,
 	received_at, started_at, finished_at, req_size, provider, event, event_id, signature, attempt_count`
 
 func scanSummary(sc interface{ Scan(...any) error }) (Summary, error) {
 	var m Summary
 	var received, started, finished int64
-	err := sc.Scan(&m.ID, &m.ReplayOf, &m.Kind, &m.Outcome, &m.Transport, &m.Method, &m.Path, &m.Query,
+	err := sc.Scan(&m.ID, &m.ReplayOf, &m.Kind, &m.Outcome, &m.Tunnel, &m.Transport, &m.Method, &m.Path, &m.Query,
 		&m.Status, &m.Error, &received, &started, &finished, &m.RequestSize, &m.Provider, &m.Event,
 		&m.EventID, &m.Signature, &m.Attempts)
 	m.ReceivedAt = fromNanos(received)
@@ -263,8 +284,14 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Summary, error) {
 	if f.StatusClass > 0 {
 		add("status >= ? AND status < ?", f.StatusClass*100, f.StatusClass*100+100)
 	}
+	if f.Status > 0 {
+		add("status = ?", f.Status)
+	}
 	if f.Provider != "" {
 		add("provider = ?", strings.ToLower(f.Provider))
+	}
+	if f.Tunnel != "" {
+		add("tunnel = ?", f.Tunnel)
 	}
 	if f.PathPrefix != "" {
 		add("substr(path, 1, ?) = ?", len(f.PathPrefix), f.PathPrefix)
@@ -276,8 +303,9 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Summary, error) {
 		like := "%" + strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(q) + "%"
 		add(`(path LIKE ? ESCAPE '\' OR query LIKE ? ESCAPE '\' OR provider LIKE ? ESCAPE '\'
 			OR event LIKE ? ESCAPE '\' OR event_id LIKE ? ESCAPE '\' OR error LIKE ? ESCAPE '\'
-			OR method LIKE ? ESCAPE '\' OR CAST(status AS TEXT) = ?)`,
-			like, like, like, like, like, like, like, q)
+			OR method LIKE ? ESCAPE '\' OR CAST(status AS TEXT) = ?
+			OR CAST(req_body AS TEXT) LIKE ? ESCAPE '\' OR CAST(resp_body AS TEXT) LIKE ? ESCAPE '\')`,
+			like, like, like, like, like, like, like, q, like, like)
 	}
 	limit := f.Limit
 	if limit <= 0 {
