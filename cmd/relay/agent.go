@@ -42,7 +42,7 @@ type agentOptions struct {
 func (o *agentOptions) register(cmd *cobra.Command, withData bool) {
 	f := cmd.Flags()
 	if withData {
-		f.StringVar(&o.dataDir, "data", stateDir(""), "directory of the agent's recordings (read by `relay requests`)")
+		f.StringVar(&o.dataDir, "data", stateDir(""), "directory of the agent's recordings (read by relay requests --data)")
 	}
 	f.StringVar(&o.inspect, "inspect", defaultInspect, `inspector address (loopback only); "" disables it`)
 	f.StringArrayVar(&o.secrets, "secret", nil, "PROVIDER=SECRET to check signatures, e.g. stripe=whsec_... (repeatable)")
@@ -121,8 +121,13 @@ func (o *agentOptions) run(cmd *cobra.Command, cfg client.Config) error {
 }
 
 // listenInspector binds addr; when the default is taken it tries the next
-// nine ports, as a second agent on the same machine would want.
+// nine ports, as a second agent on the same machine would want. Only
+// loopback is allowed: the inspector shows every delivery and replays them.
 func listenInspector(addr string) (net.Listener, error) {
+	if err := checkInspectAddr(addr); err != nil {
+		return nil, err
+	}
+	host, port, _ := net.SplitHostPort(addr)
 	ln, err := net.Listen("tcp", addr)
 	if err == nil || addr != defaultInspect || !errors.Is(err, syscall.EADDRINUSE) {
 		if err != nil {
@@ -130,7 +135,6 @@ func listenInspector(addr string) (net.Listener, error) {
 		}
 		return ln, nil
 	}
-	host, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
 	for i := 1; i < 10; i++ {
 		if ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p+i))); err == nil {
@@ -138,4 +142,19 @@ func listenInspector(addr string) (net.Listener, error) {
 		}
 	}
 	return nil, fmt.Errorf("inspector: ports %d-%d on %s are taken; pass --inspect 127.0.0.1:PORT or --inspect \"\"", p, p+9, host)
+}
+
+// checkInspectAddr refuses an --inspect address that is not loopback.
+func checkInspectAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--inspect %q: want HOST:PORT on loopback, e.g. %s", addr, defaultInspect)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--inspect %s: the inspector answers on loopback only (it shows and replays every delivery); use --inspect 127.0.0.1:%s", addr, port)
+	}
+	return nil
 }

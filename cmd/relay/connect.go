@@ -31,7 +31,7 @@ func newConnectCmd() *cobra.Command {
 	f := cmd.Flags()
 	opts.register(cmd, true)
 	f.StringVar(&cfg.Server, "server", "", "relay server HOST[:PORT] (env RELAY_SERVER)")
-	f.StringVar(&cfg.Token, "token", "", "agent token from `relay token create` (env RELAY_TOKEN)")
+	f.StringVar(&cfg.Token, "token", "", "agent token from relay token create on the server (env RELAY_TOKEN)")
 	f.StringVar(&cfg.Name, "name", "", "tunnel name (default: the token's first name)")
 	f.StringVar(&cfg.Transport, "transport", "auto", "auto (QUIC, falling back to TCP), quic or tcp")
 	f.StringVar(&cfg.CAFile, "ca", "", "extra CA certificate to trust (a dev server's dev-ca.pem)")

@@ -13,22 +13,46 @@ import (
 	"github.com/relaytunnel/relay/server"
 )
 
+// relay dev keeps everything under one --data directory: the recordings
+// where `relay connect` keeps its own (so `relay requests --data DIR` reads
+// them), and the dev relay's database and CA in DIR/dev. By default that
+// is the agents' state directory, so `relay requests` needs no flag, and
+// the CA stays at ~/.local/state/relay/dev/dev-ca.pem where `relay trigger`
+// looks for it.
+const (
+	devServerSubdir = "dev"
+	devCAFile       = "dev-ca.pem"
+)
+
+func devDataDir() string { return stateDir("") }
+
 func newDevCmd() *cobra.Command {
 	var (
-		name, listen, dataDir, transport string
-		timeout                          time.Duration
-		opts                             agentOptions
+		cfg    client.Config
+		name   string
+		listen string
+		opts   agentOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "dev PORT|HOST:PORT|URL",
 		Short: "One command, one machine: a relay server on loopback plus an agent for your local app",
+		Long: `Start a relay server on loopback (domain localhost, certificates from a dev CA) and an agent
+for your local app, in one process. Providers' requests are simulated with curl or relay trigger.
+
+--data is the one directory relay dev keeps: the recordings (read by relay requests --data DIR)
+and, in DIR/dev, the dev relay's database and CA. The config file's top-level keys do not apply
+to relay dev; put its settings under a [dev] line.`,
 		Example: `  relay dev 3000
-  curl --cacert ~/.local/state/relay/dev/dev-ca.pem https://dev.localhost:8443/webhooks -d '{"id":"evt_1"}'`,
+  curl --cacert ~/.local/state/relay/dev/dev-ca.pem https://dev.localhost:8443/webhooks -H 'Content-Type: application/json' -d '{"id":"evt_1"}'
+  relay trigger stripe payment_intent.succeeded --to https://dev.localhost:8443`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			log := logger(cmd)
-			srv, err := server.New(ctx, server.Config{Dev: true, Listen: listen, DataDir: dataDir, Logger: log, Version: version})
+			if err := checkInspectAddr(opts.inspect); err != nil {
+				return err // before anything listens
+			}
+			srv, err := server.New(ctx, server.Config{Dev: true, Listen: listen, DataDir: filepath.Join(opts.dataDir, devServerSubdir), Logger: log, Version: version})
 			if err != nil {
 				return err
 			}
@@ -48,30 +72,21 @@ func newDevCmd() *cobra.Command {
 			url := srv.PublicURL(name)
 			fmt.Fprintf(out, "relay dev: %s -> %s\n", url, args[0])
 			fmt.Fprintf(out, "dev CA:    %s\n", srv.DevCAPath())
-			fmt.Fprintf(out, "try:       curl --cacert %s %s/webhooks -d '{\"id\":\"evt_1\"}'\n\n", srv.DevCAPath(), url)
-			opts.dataDir = stateDir("")
-			return explainAgentError(opts.run(cmd, client.Config{
-				Server:     srv.Addr(),
-				QUICServer: srv.QUICAddr(),
-				ServerName: srv.Domain(),
-				Token:      secret,
-				Name:       name,
-				Transport:  transport,
-				CAFile:     srv.DevCAPath(),
-				Target:     args[0],
-				Timeout:    timeout,
-				Console:    out,
-				Logger:     log,
-				Version:    version,
-			}), client.Config{Server: srv.Addr()})
+			fmt.Fprintf(out, "try:       curl --cacert %s %s/webhooks -H 'Content-Type: application/json' -d '{\"id\":\"evt_1\"}'\n", srv.DevCAPath(), url)
+			fmt.Fprintf(out, "           relay trigger stripe payment_intent.succeeded --to %s\n\n", url)
+			cfg.Server, cfg.QUICServer, cfg.ServerName = srv.Addr(), srv.QUICAddr(), srv.Domain()
+			cfg.Token, cfg.Name, cfg.CAFile, cfg.Target = secret, name, srv.DevCAPath(), args[0]
+			cfg.Console, cfg.Logger, cfg.Version = out, log, version
+			return explainAgentError(opts.run(cmd, cfg), client.Config{Server: srv.Addr()})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&name, "name", "dev", "tunnel name: https://NAME.localhost:PORT")
 	f.StringVar(&listen, "listen", "127.0.0.1:8443", "loopback address for HTTPS and agents (UDP on the same port)")
-	f.StringVar(&dataDir, "data", filepath.Join(stateDir("dev")), "directory for the dev server's state and CA")
-	f.StringVar(&transport, "transport", "auto", "auto, quic or tcp")
-	f.DurationVar(&timeout, "timeout", client.DefaultTimeout, "how long the local app may take to answer (504 beyond)")
+	f.StringVar(&opts.dataDir, "data", devDataDir(), "directory for the recordings (read by relay requests --data) and, in DIR/dev, the dev relay's state and CA")
+	f.StringVar(&cfg.Transport, "transport", "auto", "auto, quic or tcp")
+	f.DurationVar(&cfg.Timeout, "timeout", client.DefaultTimeout, "how long the local app may take to answer (504 beyond)")
+	f.StringVar(&cfg.HostHeader, "host-header", "rewrite", "Host the local app sees: rewrite (the target's) or preserve (the public one)")
 	opts.register(cmd, false)
 	return cmd
 }

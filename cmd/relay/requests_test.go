@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/relaytunnel/relay/client/record"
 	"github.com/relaytunnel/relay/internal/relaytest"
@@ -197,3 +198,174 @@ func TestRequestsAndReplayWorkWithTheAgentRunningAndStopped(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// recordingsDir writes deliveries straight into a recordings database, as
+// an agent (or several) would have.
+func recordingsDir(t *testing.T, ds ...*record.Delivery) string {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := record.Open(context.Background(), dir, record.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, d := range ds {
+		if _, err := st.Add(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func delivery(tunnel, path string, status int, body string) *record.Delivery {
+	now := time.Now()
+	return &record.Delivery{
+		Kind: record.KindLive, Outcome: record.OutcomeForwarded, Tunnel: tunnel, Transport: "quic",
+		Method: "POST", Host: tunnel + ".localhost", Path: path,
+		RequestHeader: http.Header{"Content-Type": {"application/json"}},
+		RequestBody:   record.Body{Data: []byte(body), Size: int64(len(body))},
+		Status:        status,
+		ReceivedAt:    now, StartedAt: now.Add(1890 * time.Microsecond),
+		AnsweredAt: now.Add(2844 * time.Microsecond), FinishedAt: now.Add(3013 * time.Microsecond),
+	}
+}
+
+func TestRequestsTableFitsOneHundredColumnsAndNamesTunnels(t *testing.T) {
+	long := delivery("stripe-dev", "/webhooks/stripe/with/a/rather/long/path/that/goes/on?and=a&long=query", 431, `{}`)
+	long.Provider, long.Event, long.Signature = "stripe", "customer.subscription.trial_will_end", "unchecked"
+	replay := delivery("github-sandbox", "/gh", 502, `{}`)
+	replay.Kind, replay.ReplayOf, replay.Outcome = record.KindReplay, 1, record.OutcomeFailed
+	dir := recordingsDir(t, long, replay, delivery("stripe-dev", "/plain", 200, `{}`))
+
+	code, out, errs := runCLI(t, "requests", "--data", dir)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 4 || !strings.Contains(lines[0], "TUNNEL") {
+		t.Fatalf("want a header with TUNNEL and 3 rows, got:\n%s", out)
+	}
+	for _, l := range lines {
+		if n := utf8.RuneCountInString(l); n > 100 {
+			t.Errorf("%d columns: %q", n, l)
+		}
+	}
+	for _, want := range []string{"stripe-dev", "github-san", "431", "replay of 1 failed", "stripe cus", "/webhooks/s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "Request Header Fields Too Large") {
+		t.Errorf("the table spells out status texts:\n%s", out)
+	}
+
+	// One tunnel: no tunnel column.
+	code, out, _ = runCLI(t, "requests", "--data", dir, "--tunnel", "stripe-dev")
+	if code != 0 || strings.Contains(out, "TUNNEL") || strings.Count(out, "\n") != 3 {
+		t.Errorf("--tunnel stripe-dev:\n%s", out)
+	}
+}
+
+func TestRequestsStatusCodesAndBodySearch(t *testing.T) {
+	form := delivery("dev", "/form", 200, "name=Alice&amount=12.50")
+	form.RequestHeader.Set("Content-Type", "application/x-www-form-urlencoded")
+	dir := recordingsDir(t, delivery("dev", "/a", 502, `{"customer":"cus_123"}`), delivery("dev", "/b", 503, `{}`), form)
+	for _, tt := range []struct {
+		args []string
+		want string
+		rows int
+	}{
+		{[]string{"--status", "502"}, "/a", 1},
+		{[]string{"--status", "5xx"}, "/b", 2},
+		{[]string{"-q", "Alice"}, "/form", 1},
+		{[]string{"-q", "cus_123", "--status", "502"}, "/a", 1},
+	} {
+		code, out, errs := runCLI(t, append([]string{"requests", "--data", dir}, tt.args...)...)
+		if code != 0 || !strings.Contains(out, tt.want) || strings.Count(out, "\n") != tt.rows+1 {
+			t.Errorf("requests %v: exit %d %q %q; want %d rows with %s", tt.args, code, out, errs, tt.rows, tt.want)
+		}
+	}
+	code, out, _ := runCLI(t, "requests", "show", "3", "--data", dir, "--body")
+	if code != 0 || !regexp.MustCompile(`(?s)name = Alice\s+amount = 12.50`).MatchString(out) {
+		t.Errorf("show --body: form fields not in the order sent:\n%s", out)
+	}
+	// The timings are consecutive spans that add up.
+	for _, want := range []string{"relay -> agent  1.89ms", "app answered    after 954µs", "response sent   after 169µs", "total           3.013ms"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("show lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestShowEscapesTerminalControls: a body, header or path may carry escape
+// sequences meant for the reader's terminal (retitle it, rewrite lines,
+// hide text); relay prints them as visible escapes, in every output.
+func TestShowEscapesTerminalControls(t *testing.T) {
+	evil := "\x1b]0;pwned\x07\x1b[2J\u009b31m\r\u202etxt.exe"
+	d := delivery("dev", "/x\x1b[31m", 200, `{"note":"`+strings.ReplaceAll(evil, "\x1b", `\u001b`)+`","raw":"\u009b"}`)
+	d.RequestHeader.Set("X-Evil", "a\x1b[1mb\u009bc")
+	d.ResponseBody = record.Body{Data: []byte("plain " + evil + "\nsecond line\tok"), Size: 64}
+	d.Error = "boom \x1b[5m"
+	dir := recordingsDir(t, d)
+
+	for _, args := range [][]string{
+		{"requests", "show", "1", "--body"},
+		{"requests"},
+		{"requests", "show", "1", "--json"},
+		{"requests", "--json"},
+		{"replay", "1", "--to", "http://127.0.0.1:1/"},
+	} {
+		_, out, errs := runCLI(t, append(args, "--data", dir)...)
+		for _, s := range []string{out, errs} {
+			if i := strings.IndexFunc(s, func(r rune) bool {
+				return (r < 0x20 && r != '\n' && r != '\t') || (r >= 0x7f && r <= 0x9f) || (r >= 0x202a && r <= 0x202e)
+			}); i >= 0 {
+				t.Errorf("relay %v wrote a raw control at %d in %q", args, i, s)
+			}
+		}
+		if len(args) == 4 && args[3] == "--body" {
+			for _, want := range []string{`\x1b]0;pwned\x07`, `\u009b31m`, `\u202etxt.exe`, "\nsecond line\tok", `X-Evil: a\x1b[1mb\u009bc`, `/x\x1b[31m`} {
+				if !strings.Contains(out, want) {
+					t.Errorf("show --body lacks the escaped %q:\n%s", want, out)
+				}
+			}
+		}
+	}
+	// The JSON escapes still decode to what was recorded.
+	_, out, _ := runCLI(t, "requests", "show", "1", "--json", "--data", dir)
+	var got record.Delivery
+	if err := json.Unmarshal([]byte(out), &got); err != nil || got.RequestHeader.Get("X-Evil") != "a\x1b[1mb\u009bc" {
+		t.Errorf("show --json does not round-trip: %v %q", err, got.RequestHeader.Get("X-Evil"))
+	}
+}
+
+// TestRelayDevKeepsItsRecordingsInItsData: --data means one directory for
+// relay dev, and relay requests --data reads it.
+func TestRelayDevKeepsItsRecordingsInItsData(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	app := relaytest.EchoApp(t)
+	data := t.TempDir()
+	url, console := startDev(t, app.URL, "--data", data)
+	if !strings.Contains(console.String(), filepath.Join(data, devServerSubdir, devCAFile)) {
+		t.Errorf("relay dev --data %s printed another CA:\n%s", data, console.String())
+	}
+	code, out, errs := runCLI(t, "trigger", "github", "push", "--to", url+"/gh", "--ca", filepath.Join(data, devServerSubdir, devCAFile))
+	if code != 0 {
+		t.Fatalf("trigger: %d %q %q", code, out, errs)
+	}
+	waitUntil(t, "the delivery in relay dev's --data", func() bool {
+		code, out, _ := runCLI(t, "requests", "--data", data)
+		return code == 0 && strings.Contains(out, "/gh")
+	})
+	if code, _, _ := runCLI(t, "requests"); code == 0 {
+		t.Error("relay dev --data X also recorded in the default directory")
+	}
+
+	// relay replay --to reaches a *.localhost name without the resolver.
+	_, port, _ := net.SplitHostPort(app.Listener.Addr().String())
+	code, out, errs = runCLI(t, "replay", "1", "--data", data, "--to", "http://again.localhost:"+port+"/again")
+	if code != 0 || !strings.Contains(out, "201 Created") {
+		t.Errorf("replay --to again.localhost: %d %q %q", code, out, errs)
+	}
+}

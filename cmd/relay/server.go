@@ -21,11 +21,20 @@ func newServerCmd() *cobra.Command {
 		Short: "Run the relay server (on a VPS, or on loopback with --dev)",
 		Long: `Run the relay server. Providers post to https://NAME.DOMAIN; agents connect to DOMAIN
 over QUIC (UDP) or TLS (TCP) on the same port. Certificates come from Let's Encrypt
-(automatic), from --tls-cert/--tls-key (a wildcard certificate), or from a dev CA (--dev).`,
+(automatic), from --tls-cert/--tls-key (a wildcard certificate), or from a dev CA (--dev).
+
+Under systemd, deploy/relay.socket can hold the listening sockets and pass them (LISTEN_FDS):
+relay takes each for the flag whose address it has, and restarts refuse no connection.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Logger = logger(cmd)
 			cfg.Version = version
+			sockets, err := server.SocketsFromEnv()
+			if err != nil {
+				return err
+			}
+			cfg.Sockets = sockets
+			inherited := sockets.Len()
 			srv, err := server.New(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -41,6 +50,9 @@ over QUIC (UDP) or TLS (TCP) on the same port. Certificates come from Let's Encr
 			}
 			if p := srv.DevCAPath(); p != "" {
 				fmt.Fprintf(out, "  dev CA: %s (agents: --ca %s)\n", p, p)
+			}
+			if inherited > 0 {
+				fmt.Fprintf(out, "  %d listening sockets from systemd (relay.socket): connections wait through a restart\n", inherited)
 			}
 			<-cmd.Context().Done()
 			fmt.Fprintln(out, "shutting down: letting in-flight deliveries finish")

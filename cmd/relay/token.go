@@ -40,6 +40,7 @@ func newTokenCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "token %s for %s (shown once, keep it secret):\n%s\n", tok.ID, strings.Join(tok.Names, ", "), secret)
+			fmt.Fprintf(out, "\nnext, where your app runs (PORT is its port, DOMAIN this server's --domain):\n  relay connect PORT --server DOMAIN --token %s --name %s\n", secret, tok.Names[0])
 			return nil
 		},
 	}

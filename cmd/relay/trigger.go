@@ -7,15 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/relaytunnel/relay/internal/dialer"
 	"github.com/relaytunnel/relay/internal/provider"
 )
 
@@ -104,14 +107,14 @@ the sample's own path is used. With no EVENT, or --list, it lists what it can se
 				}
 				req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
 			}
-			hc, err := triggerClient(caFile, timeout)
+			hc, err := triggerClient(caFile, &u, timeout)
 			if err != nil {
 				return err
 			}
 			start := time.Now()
 			resp, err := hc.Do(req)
 			if err != nil {
-				return fmt.Errorf("could not reach %s: %v", u.Redacted(), err)
+				return explainSendError(&u, caFile, err)
 			}
 			defer resp.Body.Close()
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
@@ -141,7 +144,7 @@ the sample's own path is used. With no EVENT, or --list, it lists what it can se
 	f := cmd.Flags()
 	f.StringVar(&to, "to", "", "where to send it: your tunnel's public URL (or your local app's)")
 	f.StringVar(&secret, "secret", "", "the provider's signing secret (Stripe whsec_..., Braintree PUBLIC:PRIVATE, ...)")
-	f.StringVar(&caFile, "ca", "", "extra CA certificate to trust (a dev relay's dev-ca.pem)")
+	f.StringVar(&caFile, "ca", "", "extra CA certificate to trust (default for a *.localhost URL: relay dev's dev-ca.pem)")
 	f.StringArrayVar(&headers, "header", nil, "extra header NAME: VALUE (repeatable)")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the answer")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
@@ -149,23 +152,62 @@ the sample's own path is used. With no EVENT, or --list, it lists what it can se
 	return cmd
 }
 
-func triggerClient(caFile string, timeout time.Duration) (*http.Client, error) {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if caFile != "" {
+// triggerClient trusts the system's roots plus --ca, or, for a loopback
+// target without --ca, the dev CAs that `relay dev` and `relay server
+// --dev` keep in their default places: a dev relay is the usual target.
+func triggerClient(caFile string, target *url.URL, timeout time.Duration) (*http.Client, error) {
+	tr := dialer.Transport()
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	switch {
+	case caFile != "":
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
 			return nil, fmt.Errorf("--ca: %w", err)
 		}
-		roots, err := x509.SystemCertPool()
-		if err != nil || roots == nil {
-			roots = x509.NewCertPool()
-		}
 		if !roots.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("--ca: %s holds no PEM certificate", caFile)
 		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: roots}
+	case isLoopback(target.Hostname()):
+		for _, p := range devCAPaths() {
+			if pem, err := os.ReadFile(p); err == nil {
+				roots.AppendCertsFromPEM(pem)
+			}
+		}
 	}
+	tr.TLSClientConfig = &tls.Config{RootCAs: roots}
 	return &http.Client{Transport: tr, Timeout: timeout, CheckRedirect: func(*http.Request, []*http.Request) error {
 		return http.ErrUseLastResponse
 	}}, nil
+}
+
+// devCAPaths are where the dev CAs live unless --data moved them: `relay
+// dev`'s first.
+func devCAPaths() []string {
+	return []string{filepath.Join(devDataDir(), devServerSubdir, devCAFile), filepath.Join(defaultServerData(), devCAFile)}
+}
+
+// isLoopback reports whether host is a loopback name or address.
+func isLoopback(host string) bool {
+	if dialer.IsLocalhost(host) {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// explainSendError turns a failed send into one line a user can act on:
+// an untrusted certificate names --ca.
+func explainSendError(u *url.URL, caFile string, err error) error {
+	var unknownCA x509.UnknownAuthorityError
+	if errors.As(err, &unknownCA) {
+		hint := "pass --ca FILE with the CA that signed it"
+		if isLoopback(u.Hostname()) && caFile == "" {
+			hint = "pass --ca with the dev relay's CA (relay dev prints its path as \"dev CA:\")"
+		}
+		return fmt.Errorf("the certificate of %s is not trusted by this machine (%w): %s", u.Host, unknownCA, hint)
+	}
+	return fmt.Errorf("could not reach %s: %w", u.Redacted(), err)
 }

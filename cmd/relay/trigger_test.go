@@ -4,13 +4,18 @@ import (
 	"context"
 	"encoding/base64"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/relaytunnel/relay/internal/provider"
+	"github.com/relaytunnel/relay/internal/relaytest"
 )
 
 // secretFor is a well-formed secret in each provider's own format.
@@ -97,5 +102,96 @@ func TestTriggerFailures(t *testing.T) {
 	}
 	if sig, ok := seen.Load("/pp"); !ok || sig != "" {
 		t.Errorf("paypal sample: seen %v, signature %q; want it delivered unsigned", ok, sig)
+	}
+}
+
+// startDev runs `relay dev` in this process on a free port until the test
+// ends, and returns its public URL and console.
+func startDev(t *testing.T, args ...string) (string, *relaytest.Buffer) {
+	t.Helper()
+	console := &relaytest.Buffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, append([]string{"dev", "--listen", "127.0.0.1:0", "--inspect", ""}, args...), console, console)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() {
+			t.Logf("relay dev console:\n%s", console.String())
+		}
+	})
+	url := regexp.MustCompile(`relay dev: (https://\S+)`)
+	// A minute: relay dev starts a server and an agent, on a busy machine.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		m := url.FindStringSubmatch(console.String())
+		if m != nil && strings.Contains(console.String(), "connected via") {
+			return m[1], console
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("relay dev did not connect within a minute")
+		}
+	}
+}
+
+// TestTriggerReachesRelayDevByItsPrintedURL is README's path on a machine
+// whose resolver knows nothing of *.localhost (this one's, and Debian 12's
+// by default): relay dev, then relay trigger to the printed URL with no
+// --ca and no /etc/hosts line, and the printed curl line.
+func TestTriggerReachesRelayDevByItsPrintedURL(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	var mu sync.Mutex
+	var got []string
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.URL.Path+" "+r.Header.Get("Content-Type"))
+		mu.Unlock()
+	}))
+	defer app.Close()
+	_, appPort, _ := net.SplitHostPort(app.Listener.Addr().String())
+	// The agent reaches the app by a *.localhost name too.
+	url, console := startDev(t, "http://app.localhost:"+appPort, "--secret", "stripe=whsec_test123")
+
+	code, out, errs := runCLI(t, "trigger", "stripe", "payment_intent.succeeded", "--to", url, "--secret", "whsec_test123")
+	if code != 0 || !strings.Contains(out, "200 OK") {
+		t.Fatalf("relay trigger --to %s: exit %d, %q %q", url, code, out, errs)
+	}
+	relaytest.WaitFor(t, "relay dev's console line", func() bool {
+		return strings.Contains(console.String(), "signature valid")
+	})
+
+	curlLine := regexp.MustCompile(`try:\s+(curl .*)`).FindStringSubmatch(console.String())
+	if curlLine == nil {
+		t.Fatalf("relay dev printed no curl line")
+	}
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("no curl to run the printed line with")
+	}
+	if out, err := exec.Command("sh", "-c", curlLine[1]).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", curlLine[1], err, out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || got[1] != "/webhooks application/json" {
+		t.Errorf("the app saw %q; want the trigger and the curl line's JSON POST to /webhooks", got)
+	}
+}
+
+func TestTriggerSaysCAWhenTheCertificateIsNotTrusted(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	srv := devServer(t, t.TempDir()) // its CA is nowhere trigger looks
+	_, port, _ := net.SplitHostPort(srv.Addr())
+	for _, to := range []string{"https://dev.localhost:" + port, "https://127.0.0.1:" + port} {
+		code, _, errs := runCLI(t, "trigger", "github", "push", "--to", to)
+		if code != 1 || !strings.Contains(errs, "not trusted") || !strings.Contains(errs, "--ca") || strings.Count(errs, "relay: ") != 1 {
+			t.Errorf("--to %s: exit %d, stderr %q; want one line naming --ca", to, code, errs)
+		}
+	}
+	// --ca then works with the *.localhost URL, no resolver involved.
+	code, out, errs := runCLI(t, "trigger", "github", "push", "--to", "https://nobody.localhost:"+port, "--ca", srv.DevCAPath())
+	if code != 1 || !strings.Contains(out, "404") || !strings.Contains(out, "unknown_tunnel") {
+		t.Errorf("with --ca: exit %d, %q %q; want the relay's own 404", code, out, errs)
 	}
 }
