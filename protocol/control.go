@@ -3,19 +3,14 @@ package protocol
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// ErrHeartbeatTimeout means the peer stopped answering pings: the session
-// looks alive to the kernel but carries nothing (a laptop that slept).
-var ErrHeartbeatTimeout = errors.New("peer stopped answering heartbeats")
-
-// ErrGoAway is returned by Control.Run when the server ended the session on
-// purpose; errors.As gives the GoAway.
+// GoAwayError is returned by Control.Run when the server ended the
+// session on purpose; errors.As gives the GoAway.
 type GoAwayError struct{ GoAway GoAway }
 
 func (e *GoAwayError) Error() string {
@@ -25,22 +20,20 @@ func (e *GoAwayError) Error() string {
 	return "server ended the session: " + e.GoAway.Reason
 }
 
-// Control runs the control stream after the handshake: heartbeats both
-// ways and the server's GoAway.
+// Control runs the control stream after the handshake: the server's GoAway,
+// and Ping/Pong both ways for the round-trip time. It never decides that the
+// peer is gone: a pong may wait behind a saturated process's data, so the
+// session decides that from every byte it receives (Session.Err).
 type Control struct {
 	st       Stream
 	interval time.Duration
 	wmu      sync.Mutex
-	lastSeen atomic.Int64 // unix nanos of the last frame from the peer
 	rtt      atomic.Int64 // nanoseconds, last measured
 }
 
-// NewControl wraps the control stream. interval is how often to ping; the
-// peer is declared gone after three intervals of silence.
+// NewControl wraps the control stream; interval is how often to ping.
 func NewControl(st Stream, interval time.Duration) *Control {
-	c := &Control{st: st, interval: interval}
-	c.lastSeen.Store(time.Now().UnixNano())
-	return c
+	return &Control{st: st, interval: interval}
 }
 
 // RTT is the round-trip time of the latest answered ping.
@@ -51,48 +44,62 @@ func (c *Control) SendGoAway(g GoAway) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.st.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	defer c.st.SetWriteDeadline(time.Time{})
 	return WriteMessage(c.st, FrameGoAway, g)
 }
 
 func (c *Control) write(t FrameType, p []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.st.SetWriteDeadline(time.Now().Add(c.interval * 3))
 	return WriteFrame(c.st, t, p)
 }
 
 // Run pings every interval and answers the peer's pings until ctx ends, the
-// stream fails, the peer falls silent, or a GoAway arrives. It closes the
-// control stream before returning; the caller closes the session.
+// stream fails (as it does when the session ends), or a GoAway arrives. It
+// aborts the control stream before returning; the caller closes the
+// session.
 func (c *Control) Run(ctx context.Context) error {
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		errc <- c.readLoop()
 	}()
+	go func() {
+		defer wg.Done()
+		if err := c.pingLoop(stop); err != nil {
+			errc <- err
+		}
+	}()
 	defer func() {
-		c.st.Close()
+		close(stop)
+		c.st.Close() // releases a read or write blocked on the stream
 		wg.Wait()
 	}()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case err := <-errc:
+		return err
+	}
+}
 
+// pingLoop sends a ping every interval. A ping stuck behind data only
+// delays the next one: the loop never waits on an answer.
+func (c *Control) pingLoop(stop <-chan struct{}) error {
 	t := time.NewTicker(c.interval)
 	defer t.Stop()
 	for {
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-errc:
-			return err
+		case <-stop:
+			return nil
 		case now := <-t.C:
-			if silent := now.Sub(time.Unix(0, c.lastSeen.Load())); silent > 3*c.interval {
-				return fmt.Errorf("%w (silent for %s)", ErrHeartbeatTimeout, silent.Round(time.Millisecond))
-			}
 			var p [8]byte
 			binary.BigEndian.PutUint64(p[:], uint64(now.UnixNano()))
 			if err := c.write(FramePing, p[:]); err != nil {
-				return fmt.Errorf("send heartbeat: %w", err)
+				return fmt.Errorf("send ping: %w", err)
 			}
 		}
 	}
@@ -104,11 +111,10 @@ func (c *Control) readLoop() error {
 		if err != nil {
 			return fmt.Errorf("control stream: %w", err)
 		}
-		c.lastSeen.Store(time.Now().UnixNano())
 		switch t {
 		case FramePing:
 			if err := c.write(FramePong, p); err != nil {
-				return fmt.Errorf("answer heartbeat: %w", err)
+				return fmt.Errorf("answer ping: %w", err)
 			}
 		case FramePong:
 			if len(p) == 8 {
