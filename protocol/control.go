@@ -27,13 +27,23 @@ func (e *GoAwayError) Error() string {
 type Control struct {
 	st       Stream
 	interval time.Duration
+	probe    time.Duration
 	wmu      sync.Mutex
 	rtt      atomic.Int64 // nanoseconds, last measured
+	waiting  atomic.Bool  // a ping is unanswered
 }
 
-// NewControl wraps the control stream; interval is how often to ping.
+// pingLen is the Ping payload: an 8-byte timestamp, padded so that the
+// QUIC packet carrying it is long enough to draw a stateless reset from a
+// restarted server (quic-go answers no packet of 42 bytes or less).
+const pingLen = 32
+
+// NewControl wraps the control stream; interval is how often to ping. While
+// a ping is unanswered another follows every AgentKeepAlive (or interval,
+// if shorter): each is a fresh packet a restarted server answers with a
+// reset, so the restart is learned within about a second of it.
 func NewControl(st Stream, interval time.Duration) *Control {
-	return &Control{st: st, interval: interval}
+	return &Control{st: st, interval: interval, probe: min(interval, AgentKeepAlive)}
 }
 
 // RTT is the round-trip time of the latest answered ping.
@@ -86,17 +96,24 @@ func (c *Control) Run(ctx context.Context) error {
 	}
 }
 
-// pingLoop sends a ping every interval. A ping stuck behind data only
-// delays the next one: the loop never waits on an answer.
+// pingLoop sends a ping every interval, and every probe while one is
+// unanswered. A ping stuck behind data only delays the next one: the loop
+// never waits on an answer.
 func (c *Control) pingLoop(stop <-chan struct{}) error {
-	t := time.NewTicker(c.interval)
+	t := time.NewTicker(c.probe)
 	defer t.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-stop:
 			return nil
 		case now := <-t.C:
-			var p [8]byte
+			if since := now.Sub(last); since < c.interval && !(c.waiting.Load() && since >= c.probe) {
+				continue
+			}
+			last = now
+			c.waiting.Store(true)
+			var p [pingLen]byte
 			binary.BigEndian.PutUint64(p[:], uint64(now.UnixNano()))
 			if err := c.write(FramePing, p[:]); err != nil {
 				return fmt.Errorf("send ping: %w", err)
@@ -117,7 +134,8 @@ func (c *Control) readLoop() error {
 				return fmt.Errorf("answer ping: %w", err)
 			}
 		case FramePong:
-			if len(p) == 8 {
+			c.waiting.Store(false)
+			if len(p) >= 8 {
 				sent := int64(binary.BigEndian.Uint64(p))
 				if d := time.Now().UnixNano() - sent; d >= 0 {
 					c.rtt.Store(d)
