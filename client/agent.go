@@ -144,7 +144,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.readyOK.Do(func() { close(a.ready) })
 			began := time.Now()
 			next, err = a.serve(ctx, l)
-			retry.sessionEnded(time.Since(began))
+			retry.sessionEnded(time.Since(began), time.Now())
 			if next != nil {
 				next.upgraded = true
 				continue
@@ -156,7 +156,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if permanent(err) || !connected {
 			return err
 		}
-		d := retry.next()
+		d := retry.next(time.Now())
 		if d == 0 {
 			a.say("connection lost: %v; reconnecting", err)
 			continue
@@ -194,22 +194,28 @@ type retryPolicy struct {
 	max      time.Duration
 	rand     func() float64 // [0, 1)
 	failures int            // attempts since the last healthy session
+	since    time.Time      // when the last healthy session ended
 }
 
-// sessionEnded notes a session that lasted d; a healthy one resets the
-// backoff.
-func (p *retryPolicy) sessionEnded(d time.Duration) {
+// sessionEnded notes a session that lasted d and ended at now; a healthy
+// one starts the count afresh.
+func (p *retryPolicy) sessionEnded(d time.Duration, now time.Time) {
 	if d >= healthySession {
-		p.failures = 0
+		p.failures, p.since = 0, now
 	}
 }
 
 // next is the wait before the next attempt: none the first time, then
-// firstBackoff doubling to max. Jitter spreads agents that lost the same
-// server; it starts at ±10% and widens by 10% per failure up to ±50%, so a
-// short outage is not paid for in jitter.
-func (p *retryPolicy) next() time.Duration {
+// firstBackoff doubling to max, but never more than half the time the
+// tunnel has been down, so a server back after an outage of T is found
+// within about T/2. Jitter spreads agents that lost the same server; it
+// starts at ±10% and widens by 10% per failure up to ±50%, so a short
+// outage is not paid for in jitter.
+func (p *retryPolicy) next(now time.Time) time.Duration {
 	p.failures++
+	if p.since.IsZero() {
+		p.since = now
+	}
 	if p.failures == 1 {
 		return 0
 	}
@@ -217,6 +223,7 @@ func (p *retryPolicy) next() time.Duration {
 	if d > p.max || d <= 0 {
 		d = p.max
 	}
+	d = min(d, max(firstBackoff, now.Sub(p.since)/2))
 	j := min(0.1*float64(p.failures-1), 0.5)
 	d = time.Duration(float64(d) * (1 - j + 2*j*p.rand()))
 	return min(d, p.max)
