@@ -28,9 +28,12 @@ type Control struct {
 	st       Stream
 	interval time.Duration
 	probe    time.Duration
-	wmu      sync.Mutex
-	rtt      atomic.Int64 // nanoseconds, last measured
-	waiting  atomic.Bool  // a ping is unanswered
+	// wlock serialises frame writes. A channel rather than a mutex: a
+	// pong waiting behind a ping stuck in flow control is then durably
+	// blocked, which testing/synctest needs to move its clock.
+	wlock   chan struct{}
+	rtt     atomic.Int64 // nanoseconds, last measured
+	waiting atomic.Bool  // a ping is unanswered
 }
 
 // pingLen is the Ping payload: an 8-byte timestamp, padded so that the
@@ -43,7 +46,7 @@ const pingLen = 32
 // if shorter): each is a fresh packet a restarted server answers with a
 // reset, so the restart is learned within about a second of it.
 func NewControl(st Stream, interval time.Duration) *Control {
-	return &Control{st: st, interval: interval, probe: min(interval, AgentKeepAlive)}
+	return &Control{st: st, interval: interval, probe: min(interval, AgentKeepAlive), wlock: make(chan struct{}, 1)}
 }
 
 // RTT is the round-trip time of the latest answered ping.
@@ -51,16 +54,16 @@ func (c *Control) RTT() time.Duration { return time.Duration(c.rtt.Load()) }
 
 // SendGoAway tells the agent why the session is ending.
 func (c *Control) SendGoAway(g GoAway) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.wlock <- struct{}{}
+	defer func() { <-c.wlock }()
 	c.st.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	defer c.st.SetWriteDeadline(time.Time{})
 	return WriteMessage(c.st, FrameGoAway, g)
 }
 
 func (c *Control) write(t FrameType, p []byte) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.wlock <- struct{}{}
+	defer func() { <-c.wlock }()
 	return WriteFrame(c.st, t, p)
 }
 

@@ -9,13 +9,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -394,20 +394,6 @@ func TestSessionContract(t *testing.T) {
 	})
 }
 
-// silentPeer is the far end of a yamux session that reads and drops
-// everything and writes only what send gives it: a peer whose process
-// stopped answering, or one that is busy and never answers a ping.
-func silentPeer(t *testing.T, l Liveness) (Session, net.Conn) {
-	a, b := net.Pipe()
-	go io.Copy(io.Discard, b)
-	s, err := ClientYamux(a, l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close(); b.Close() })
-	return s, b
-}
-
 func isDone(s Session) bool {
 	select {
 	case <-s.Done():
@@ -417,54 +403,211 @@ func isDone(s Session) bool {
 	}
 }
 
-func TestYamuxLiveness(t *testing.T) {
+// TestWatchdog runs the yamux watchdog's timer logic on synctest's clock
+// with byte counters the test moves.
+func TestWatchdog(t *testing.T) {
 	l := Liveness{KeepAlive: 5 * time.Second, IdleTimeout: 15 * time.Second}
-	t.Run("a peer that sends nothing is declared gone after the idle timeout", func(t *testing.T) {
+	type dog struct {
+		in, out    atomic.Int64 // bytes received, sent
+		keepalives atomic.Int64
+		result     chan error
+		stop       chan struct{}
+		w          *watchdog
+	}
+	start := func(l Liveness) *dog {
+		d := &dog{result: make(chan error, 1), stop: make(chan struct{})}
+		d.w = newWatchdog(l, d.in.Load, d.out.Load, func() { d.keepalives.Add(1); d.out.Add(12) })
+		go func() { d.result <- d.w.run(d.stop) }()
+		return d
+	}
+	ended := func(d *dog) (error, bool) {
+		select {
+		case err := <-d.result:
+			return err, true
+		default:
+			return nil, false
+		}
+	}
+	t.Run("a session that receives nothing is dead after the idle timeout, not before", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s, _ := silentPeer(t, l)
-			time.Sleep(l.IdleTimeout - 2*time.Second)
-			if isDone(s) {
-				t.Fatalf("session ended before the idle timeout: %v", s.Err())
-			}
-			time.Sleep(4 * time.Second)
+			d := start(l)
+			time.Sleep(l.IdleTimeout - time.Second)
 			synctest.Wait()
-			if !isDone(s) {
-				t.Fatal("session still up after the idle timeout")
+			if err, ok := ended(d); ok {
+				t.Fatalf("ended before the idle timeout: %v", err)
 			}
-			if !errors.Is(s.Err(), ErrPeerSilent) {
-				t.Fatalf("Err() = %v, want ErrPeerSilent", s.Err())
+			if n := d.keepalives.Load(); n < 2 {
+				t.Errorf("%d keep-alives in %s of quiet, want one per %s", n, l.IdleTimeout-time.Second, l.KeepAlive)
+			}
+			time.Sleep(2 * time.Second)
+			synctest.Wait()
+			if err, ok := ended(d); !ok || !errors.Is(err, ErrPeerSilent) {
+				t.Fatalf("after the idle timeout: ended %v with %v, want ErrPeerSilent", ok, err)
 			}
 		})
 	})
-	t.Run("a busy peer that never answers a ping stays alive", func(t *testing.T) {
+	t.Run("bytes arriving keep the session alive; bytes leaving need no keep-alive", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s, peer := silentPeer(t, l)
-			// The peer sends frames (pong-shaped, for no ping of ours) every
-			// second and never answers our pings: pongs stuck behind data.
-			var frame [yamuxHeaderLen]byte
-			frame[1] = 2                             // ping
-			binary.BigEndian.PutUint16(frame[2:], 2) // ACK
-			binary.BigEndian.PutUint32(frame[8:], 1<<31)
-			for range 10 * int(l.IdleTimeout/time.Second) {
-				if _, err := peer.Write(frame[:]); err != nil {
-					t.Fatalf("the session hung up on a busy peer: %v (%v)", err, s.Err())
-				}
+			d := start(l)
+			for range 100 { // ten idle timeouts
+				d.in.Add(1)
+				d.out.Add(1)
+				time.Sleep(1500 * time.Millisecond)
+			}
+			synctest.Wait()
+			if err, ok := ended(d); ok {
+				t.Fatalf("a session receiving bytes ended: %v", err)
+			}
+			if n := d.keepalives.Load(); n != 0 {
+				t.Errorf("%d keep-alives on a session that kept sending", n)
+			}
+			close(d.stop)
+			if err := <-d.result; err != nil {
+				t.Fatalf("stop: %v", err)
+			}
+		})
+	})
+	t.Run("a side that only receives still sends keep-alives", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			d := start(l)
+			for range 20 {
+				d.in.Add(1)
 				time.Sleep(time.Second)
 			}
-			if isDone(s) {
-				t.Fatalf("session ended: %v", s.Err())
+			if n := d.keepalives.Load(); n < 3 {
+				t.Errorf("%d keep-alives in 20s of receiving only: the peer would hear nothing", n)
 			}
+			close(d.stop)
+			<-d.result
 		})
 	})
-	t.Run("the keep-alive interval set after the handshake applies", func(t *testing.T) {
+	t.Run("a keep-alive interval set after the handshake applies", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s, _ := silentPeer(t, l)
-			SetLiveness(s, LivenessFor(100*time.Millisecond))
+			d := start(l)
+			d.w.set(LivenessFor(100 * time.Millisecond))
 			time.Sleep(time.Second)
 			synctest.Wait()
-			if !errors.Is(s.Err(), ErrPeerSilent) {
-				t.Fatalf("Err() = %v one second after a 300ms idle timeout was set", s.Err())
+			if err, ok := ended(d); !ok || !errors.Is(err, ErrPeerSilent) {
+				t.Fatalf("one second after a 300ms idle timeout was set: ended %v with %v", ok, err)
 			}
 		})
 	})
 }
+
+// silentPeer is the far end of a yamux session that reads and drops
+// everything and writes nothing: a peer whose process stopped.
+func silentPeer(t *testing.T, l Liveness) Session {
+	a, b := net.Pipe()
+	go io.Copy(io.Discard, b)
+	s, err := ClientYamux(a, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); b.Close() })
+	return s
+}
+
+func TestYamuxSilentPeerIsNoticed(t *testing.T) {
+	s := silentPeer(t, LivenessFor(50*time.Millisecond))
+	within(t, "the session to end", s.Done())
+	if !errors.Is(s.Err(), ErrPeerSilent) {
+		t.Fatalf("Err() = %v, want ErrPeerSilent", s.Err())
+	}
+}
+
+// slowConn passes writes through at about rate bytes per second: a
+// saturated link.
+type slowConn struct {
+	net.Conn
+	rate int
+}
+
+func (c slowConn) Write(p []byte) (int, error) {
+	const chunk = 4 << 10
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), chunk)
+		time.Sleep(time.Duration(k) * time.Second / time.Duration(c.rate)) // the link's pace, not synchronisation
+		w, err := c.Conn.Write(p[:k])
+		n += w
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// TestYamuxBusySessionOutlivesPingsStuckBehindData saturates a slow link
+// so that every ping (yamux's and the control stream's) waits behind
+// hundreds of kilobytes of data frames, far longer than the idle timeout:
+// the session must stay up because bytes keep arriving.
+func TestYamuxBusySessionOutlivesPingsStuckBehindData(t *testing.T) {
+	l := LivenessFor(100 * time.Millisecond) // idle timeout 300ms
+	a, b := net.Pipe()
+	srv, err := ServerYamux(slowConn{a, 512 << 10}, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := ClientYamux(slowConn{b, 512 << 10}, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer agent.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The control stream, with pings both ways.
+	ast, _ := agent.OpenStream(ctx)
+	ast.Write([]byte{0})
+	sst, err := srv.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sst.Read(make([]byte, 1))
+	ctrlErr := make(chan error, 2)
+	sc, ac := NewControl(sst, l.KeepAlive), NewControl(ast, l.KeepAlive)
+	go func() { ctrlErr <- sc.Run(ctx) }()
+	go func() { ctrlErr <- ac.Run(ctx) }()
+
+	go func() {
+		for {
+			st, err := agent.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, st); st.Close() }()
+		}
+	}()
+	// 2 MiB on eight streams: four seconds on this link, each frame up to
+	// 256 KiB, so a ping queued behind them waits seconds.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			st, err := srv.OpenStream(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if _, err := io.Copy(st, io.LimitReader(zeros{}, 256<<10)); err != nil {
+				t.Errorf("transfer: %v (session: %v)", err, srv.Err())
+			}
+			st.CloseWrite()
+		})
+	}
+	wg.Wait()
+	select {
+	case err := <-ctrlErr:
+		t.Fatalf("control ended under load: %v", err)
+	default:
+	}
+	if isDone(srv) || isDone(agent) {
+		t.Fatalf("a busy session was taken for dead: server %v, agent %v", srv.Err(), agent.Err())
+	}
+	t.Logf("round trip of the last answered ping: server %s, agent %s (idle timeout %s)", sc.RTT(), ac.RTT(), l.IdleTimeout)
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

@@ -16,12 +16,16 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// yamuxConfig is the yamux configuration of one side. backlog is how many
-// streams the peer may have opened and this side not yet accepted; beyond
-// it yamux resets new streams and drops their data.
-func yamuxConfig(backlog int) *yamux.Config {
+// YamuxConfig is the yamux configuration both sides use.
+func YamuxConfig() *yamux.Config {
 	c := yamux.DefaultConfig()
-	c.AcceptBacklog = backlog
+	// Waiting streams beyond the backlog are reset silently, and the same
+	// number bounds the streams a side may have opened and the peer not
+	// yet acknowledged: size it to what the server may push at once. The
+	// server accepts one stream from an agent and ends the session on a
+	// second (server/session.go), so an agent's backlog is never its to
+	// fill.
+	c.AcceptBacklog = MaxConcurrentDeliveries
 	// The default 256 KiB window bounds one stream to window/RTT. Windows
 	// grow only as the reader consumes, so streams nobody reads stay at
 	// yamux's initial 256 KiB.
@@ -40,19 +44,11 @@ func yamuxConfig(backlog int) *yamux.Config {
 	return c
 }
 
-// YamuxConfig is the configuration agents use: the server may push up to
-// MaxConcurrentDeliveries streams before the agent accepts them.
-func YamuxConfig() *yamux.Config { return yamuxConfig(MaxConcurrentDeliveries) }
-
-// serverYamuxConfig is the server's: an agent opens the control stream and
-// nothing else, so one waiting stream is all a stranger can make it hold.
-func serverYamuxConfig() *yamux.Config { return yamuxConfig(1) }
-
 // ServerYamux starts the server side of a yamux session on an accepted TLS
 // connection that negotiated ALPN.
 func ServerYamux(conn net.Conn, l Liveness) (Session, error) {
 	yc := newYamuxConn(conn)
-	ys, err := yamux.Server(yc, serverYamuxConfig())
+	ys, err := yamux.Server(yc, YamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
@@ -98,16 +94,12 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, l Liveness) 
 
 // yamuxSession is a yamux session plus the watchdog yamux lacks: it ends
 // the session when nothing at all was read from the connection for the
-// idle timeout, and pings when the session has been quiet for a
-// keep-alive interval so that a quiet peer has something to answer.
+// idle timeout, and writes a keep-alive frame whenever nothing was written
+// for a keep-alive interval.
 type yamuxSession struct {
 	s    *yamux.Session
 	conn *yamuxConn
-
-	keepAlive atomic.Int64 // nanoseconds
-	idle      atomic.Int64 // nanoseconds
-	changed   chan struct{}
-	probing   atomic.Bool
+	dog  *watchdog
 
 	errOnce sync.Once
 	err     error // why the session ended; set before it ends
@@ -115,26 +107,16 @@ type yamuxSession struct {
 }
 
 func newYamuxSession(ys *yamux.Session, conn *yamuxConn, l Liveness) *yamuxSession {
-	s := &yamuxSession{s: ys, conn: conn, changed: make(chan struct{}, 1)}
-	s.setLiveness(l)
+	s := &yamuxSession{s: ys, conn: conn}
+	s.dog = newWatchdog(l, conn.received.Load, conn.sent.Load, conn.keepalive)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.watch()
+		if err := s.dog.run(ys.CloseChan()); err != nil {
+			s.end(err)
+		}
 	}()
 	return s
-}
-
-func (s *yamuxSession) setLiveness(l Liveness) {
-	if l.KeepAlive <= 0 || l.IdleTimeout <= 0 {
-		l = LivenessFor(0)
-	}
-	s.keepAlive.Store(int64(l.KeepAlive))
-	s.idle.Store(int64(l.IdleTimeout))
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
 }
 
 // SetLiveness changes the timings of a running session, as an agent does
@@ -142,64 +124,8 @@ func (s *yamuxSession) setLiveness(l Liveness) {
 // negotiated its idle timeout in the handshake and keeps it.
 func SetLiveness(sess Session, l Liveness) {
 	if s, ok := sess.(*yamuxSession); ok {
-		s.setLiveness(l)
+		s.dog.set(l)
 	}
-}
-
-// watch checks the connection a few times per idle timeout. Silence is
-// counted only while this process runs: a check that comes late (CPU
-// starved, or the machine asleep) counts for two checks at most, so a
-// busy process never declares its peer dead for its own stall.
-func (s *yamuxSession) watch() {
-	var (
-		silent time.Duration
-		seen   = s.conn.received.Load()
-		prev   = time.Now()
-	)
-	t := time.NewTimer(s.tick())
-	defer t.Stop()
-	for {
-		select {
-		case <-s.s.CloseChan():
-			return
-		case <-s.changed:
-		case <-t.C:
-		}
-		tick := s.tick()
-		now := time.Now()
-		if n := s.conn.received.Load(); n != seen {
-			seen, silent = n, 0
-		} else {
-			silent += min(now.Sub(prev), 2*tick)
-		}
-		prev = now
-		if idle := time.Duration(s.idle.Load()); silent >= idle {
-			s.end(fmt.Errorf("%w: nothing received for %s", ErrPeerSilent, silent.Round(time.Millisecond)))
-			return
-		}
-		if silent >= time.Duration(s.keepAlive.Load()) {
-			s.probe()
-		}
-		t.Reset(tick)
-	}
-}
-
-func (s *yamuxSession) tick() time.Duration {
-	return max(time.Duration(s.idle.Load())/15, time.Millisecond)
-}
-
-// probe sends one yamux ping, unless one is still waiting for its pong.
-// Its answer is only a sign of life; a late one is not a failure.
-func (s *yamuxSession) probe() {
-	if !s.probing.CompareAndSwap(false, true) {
-		return
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer s.probing.Store(false)
-		s.s.Ping()
-	}()
 }
 
 // end records why the session ends and ends it, without waiting for the
@@ -367,8 +293,13 @@ const (
 	yamuxHeaderLen        = 12
 	yamuxTypeData         = 0
 	yamuxTypeWindowUpdate = 1
+	yamuxTypePing         = 2
+	yamuxFlagACK          = 0x2
 	yamuxFlagFIN          = 0x4
 	yamuxFlagRST          = 0x8
+	// keepaliveID is the ping id of keep-alive frames: yamux numbers its
+	// own pings from 0 and would need four billion to reach it.
+	keepaliveID = 1<<32 - 1
 )
 
 // yamuxConn is the connection under a yamux session. It counts the bytes
@@ -378,6 +309,7 @@ const (
 type yamuxConn struct {
 	net.Conn
 	received atomic.Int64
+	sent     atomic.Int64
 	in       frameTracker // read side: only yamux's receive loop reads
 
 	finMu sync.Mutex
@@ -391,6 +323,7 @@ type yamuxConn struct {
 
 	pmu    sync.Mutex
 	resets []uint32 // streams to reset at the next frame boundary
+	ping   bool     // a keep-alive frame is due at the next boundary
 }
 
 func newYamuxConn(c net.Conn) *yamuxConn {
@@ -452,6 +385,7 @@ func (c *yamuxConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := c.Conn.Write(p)
+	c.sent.Add(int64(n))
 	c.out.track(p[:n], nil)
 	if err == nil {
 		err = c.flushResets()
@@ -459,6 +393,17 @@ func (c *yamuxConn) Write(p []byte) (int, error) {
 	c.wmu.Unlock()
 	c.kick()
 	return n, err
+}
+
+// keepalive asks for a keep-alive frame: a ping answer for no ping of the
+// peer's (an id yamux never reaches), which the peer's yamux drops
+// and its watchdog counts. Unlike a yamux ping it waits for no answer, so
+// it never sits behind data the peer is busy sending.
+func (c *yamuxConn) keepalive() {
+	c.pmu.Lock()
+	c.ping = true
+	c.pmu.Unlock()
+	c.kick()
 }
 
 // reset asks for a RST frame for stream id.
@@ -485,7 +430,7 @@ func (c *yamuxConn) kick() {
 func (c *yamuxConn) pending() bool {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
-	return len(c.resets) > 0
+	return len(c.resets) > 0 || c.ping
 }
 
 // flushResets writes the pending resets if the byte stream is between
@@ -495,20 +440,28 @@ func (c *yamuxConn) flushResets() error {
 		return nil
 	}
 	c.pmu.Lock()
-	ids := c.resets
-	c.resets = nil
+	ids, ping := c.resets, c.ping
+	c.resets, c.ping = nil, false
 	c.pmu.Unlock()
-	if len(ids) == 0 {
+	if len(ids) == 0 && !ping {
 		return nil
 	}
-	buf := make([]byte, len(ids)*yamuxHeaderLen)
+	buf := make([]byte, len(ids)*yamuxHeaderLen, (len(ids)+1)*yamuxHeaderLen)
 	for i, id := range ids {
 		h := buf[i*yamuxHeaderLen:]
 		h[1] = yamuxTypeWindowUpdate
 		binary.BigEndian.PutUint16(h[2:], yamuxFlagRST)
 		binary.BigEndian.PutUint32(h[4:], id)
 	}
-	_, err := c.Conn.Write(buf)
+	if ping {
+		var h [yamuxHeaderLen]byte
+		h[1] = yamuxTypePing
+		binary.BigEndian.PutUint16(h[2:], yamuxFlagACK)
+		binary.BigEndian.PutUint32(h[8:], keepaliveID)
+		buf = append(buf, h[:]...)
+	}
+	n, err := c.Conn.Write(buf)
+	c.sent.Add(int64(n))
 	return err
 }
 

@@ -35,7 +35,10 @@ var Transports = []string{"quic", "tcp"}
 // the test ends. mods change the configuration before it starts.
 func StartServer(t testing.TB, mods ...func(*server.Config)) *server.Server {
 	t.Helper()
-	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), Heartbeat: time.Second}
+	// Liveness timings are the release defaults: a test under -race on a
+	// loaded machine can starve a goroutine for seconds, and only a test
+	// about noticing a dead peer should shorten them.
+	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir()}
 	for _, m := range mods {
 		m(&cfg)
 	}
@@ -162,9 +165,15 @@ func ProviderClient(t testing.TB, srv *server.Server) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return HTTPSClient(t, srv.Addr(), pem)
+}
+
+// HTTPSClient trusts only the CA certificates in caPEM and sends every
+// connection to addr, whatever the URL's host: a provider for a relay
+// server that runs as a process.
+func HTTPSClient(t testing.TB, addr string, caPEM []byte) *http.Client {
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	addr := srv.Addr()
+	pool.AppendCertsFromPEM(caPEM)
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool},
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
