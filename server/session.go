@@ -65,14 +65,19 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		MaxBody:         s.cfg.MaxBody,
 		HeartbeatMillis: s.cfg.Heartbeat.Milliseconds(),
 	}
+	// The tunnel is routable before the agent reads its Welcome: an agent
+	// that says it is connected must not see its first delivery queued.
+	// A delivery that comes first waits in the stream backlog.
+	old := s.reg.put(t)
 	ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := protocol.WriteMessage(ctrl, protocol.FrameWelcome, w); err != nil {
+		s.reg.remove(t)
 		log.Info("send welcome", "err", err)
 		return
 	}
 	ctrl.SetWriteDeadline(time.Time{})
 
-	if old := s.reg.put(t); old != nil {
+	if old != nil {
 		// The same token reconnecting: the network dropped and the old
 		// session has not noticed yet. The newest one wins.
 		// Deliveries already on the old session may finish there; new
