@@ -62,7 +62,7 @@ func applyEnvAndConfig(cmd *cobra.Command) error {
 			return
 		}
 		if err := cmd.Flags().Set(f.Name, v); err != nil {
-			ferr = fmt.Errorf("%s: %v", src, err)
+			ferr = fmt.Errorf("%s: %w", src, err)
 		}
 	})
 	return ferr

@@ -111,7 +111,7 @@ the sample's own path is used. With no EVENT, or --list, it lists what it can se
 			start := time.Now()
 			resp, err := hc.Do(req)
 			if err != nil {
-				return fmt.Errorf("could not reach %s: %v", u.Redacted(), err)
+				return fmt.Errorf("could not reach %s: %w", u.Redacted(), err)
 			}
 			defer resp.Body.Close()
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
