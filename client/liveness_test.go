@@ -99,7 +99,7 @@ func TestSaturatedSessionStaysUp(t *testing.T) {
 			cfg.Logger = slog.New(slog.DiscardHandler)
 			a := relaytest.RunAgent(t, cfg)
 			session := a.Welcome().SessionID
-			hc := relaytest.ProviderClient(t, srv)
+			hc := relaytest.ProviderClientHTTP1(t, srv)
 
 			const small, large, largeSize = 200, 6, 4 << 20
 			bigSum := relaytest.PatternSum(largeSize)

@@ -138,7 +138,7 @@ func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
 			cfg.Console = console
 			a := relaytest.RunAgent(t, cfg)
 			session := a.Welcome().SessionID
-			hc := relaytest.ProviderClient(t, srv)
+			hc := relaytest.ProviderClientHTTP1(t, srv)
 			const n = 200
 			var wg sync.WaitGroup
 			errs := make(chan error, n)

@@ -168,6 +168,21 @@ func ProviderClient(t testing.TB, srv *server.Server) *http.Client {
 	return HTTPSClient(t, srv.Addr(), pem)
 }
 
+// ProviderClientHTTP1 is ProviderClient speaking HTTP/1.1 only, one
+// connection per request in flight. A burst test on a starved CPU needs it:
+// Go's HTTP/2 server drops a connection whose client has not acknowledged
+// its SETTINGS within two seconds (a constant), failing every request on it
+// for reasons that are not relay's.
+func ProviderClientHTTP1(t testing.TB, srv *server.Server) *http.Client {
+	t.Helper()
+	hc := ProviderClient(t, srv)
+	tr := hc.Transport.(*http.Transport)
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	tr.MaxIdleConnsPerHost = 256
+	return hc
+}
+
 // HTTPSClient trusts only the CA certificates in caPEM and sends every
 // connection to addr, whatever the URL's host: a provider for a relay
 // server that runs as a process.
