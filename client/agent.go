@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -15,6 +17,11 @@ import (
 
 // ErrUnreachable means no transport could reach the relay server.
 var ErrUnreachable = errors.New("cannot reach relay server")
+
+// ErrCertificate means the relay server was reached but its certificate
+// is not one this machine trusts for that name (unknown CA, wrong name,
+// expired). Retrying over the other transport would meet the same one.
+var ErrCertificate = errors.New("relay server's certificate refused")
 
 // ErrReplaced means another agent with the same token took the name.
 var ErrReplaced = errors.New("another agent with the same token took over this tunnel")
@@ -87,11 +94,12 @@ func (a *Agent) Transport() string {
 	return ""
 }
 
-// Run connects and serves until ctx ends; it reconnects with jittered
-// exponential backoff after any failure but the ones a retry cannot fix
-// (bad token, name owned by another token, version mismatch). The first
-// connection must succeed: a wrong address should be said at once, not
-// retried forever.
+// Run connects and serves until ctx ends; it reconnects after any failure
+// but the ones a retry cannot fix (bad token, name owned by another token,
+// version mismatch): at once after a session that was healthy, then with
+// a backoff that grows (and spreads agents apart) only while attempts keep
+// failing. The first connection must succeed: a wrong address or an
+// untrusted certificate should be said at once, not retried forever.
 func (a *Agent) Run(ctx context.Context) error {
 	if a.rec != nil {
 		a.rec.start()
@@ -114,7 +122,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 
 	connected := false
-	attempt := 0
+	retry := retryPolicy{max: a.cfg.MaxBackoff, rand: rand.Float64}
 	var next *link
 	for {
 		l := next
@@ -133,9 +141,10 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.say("connected via %s: %s -> %s", transportName(l.sess), w.URL, a.cfg.target)
 			}
 			connected = true
-			attempt = 0
 			a.readyOK.Do(func() { close(a.ready) })
+			began := time.Now()
 			next, err = a.serve(ctx, l)
+			retry.sessionEnded(time.Since(began), time.Now())
 			if next != nil {
 				next.upgraded = true
 				continue
@@ -147,9 +156,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		if permanent(err) || !connected {
 			return err
 		}
-		attempt++
-		d := backoff(attempt, a.cfg.MaxBackoff)
-		a.say("connection lost: %v; reconnecting in %s", err, d.Round(100*time.Millisecond))
+		d := retry.next(time.Now())
+		if d == 0 {
+			a.say("connection lost: %v; reconnecting", err)
+			continue
+		}
+		a.say("connection lost: %v; reconnecting in %s", err, d.Round(10*time.Millisecond))
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -166,14 +178,55 @@ func permanent(err error) bool {
 		errors.Is(err, protocol.ErrBadRequest) || errors.Is(err, ErrReplaced)
 }
 
-// backoff is exponential from 500 ms with full jitter in its upper half,
-// capped at max.
-func backoff(attempt int, max time.Duration) time.Duration {
-	d := 500 * time.Millisecond << min(attempt-1, 10)
-	if d > max || d <= 0 {
-		d = max
+// Reconnect timing.
+const (
+	// healthySession is how long a session must have lasted for the next
+	// reconnect to start from scratch (at once); a session that keeps
+	// dropping sooner keeps the backoff growing.
+	healthySession = 10 * time.Second
+	// firstBackoff is the wait after the first failed attempt; it doubles
+	// with every further failure up to MaxBackoff.
+	firstBackoff = 200 * time.Millisecond
+)
+
+// retryPolicy says how long to wait before each reconnect attempt.
+type retryPolicy struct {
+	max      time.Duration
+	rand     func() float64 // [0, 1)
+	failures int            // attempts since the last healthy session
+	since    time.Time      // when the last healthy session ended
+}
+
+// sessionEnded notes a session that lasted d and ended at now; a healthy
+// one starts the count afresh.
+func (p *retryPolicy) sessionEnded(d time.Duration, now time.Time) {
+	if d >= healthySession {
+		p.failures, p.since = 0, now
 	}
-	return d/2 + rand.N(d/2+1)
+}
+
+// next is the wait before the next attempt: none the first time, then
+// firstBackoff doubling to max, but never more than half the time the
+// tunnel has been down, so a server back after an outage of T is found
+// within about T/2. Jitter spreads agents that lost the same server; it
+// starts at ±10% and widens by 10% per failure up to ±50%, so a short
+// outage is not paid for in jitter.
+func (p *retryPolicy) next(now time.Time) time.Duration {
+	p.failures++
+	if p.since.IsZero() {
+		p.since = now
+	}
+	if p.failures == 1 {
+		return 0
+	}
+	d := firstBackoff << min(p.failures-2, 20)
+	if d > p.max || d <= 0 {
+		d = p.max
+	}
+	d = min(d, max(firstBackoff, now.Sub(p.since)/2))
+	j := min(0.1*float64(p.failures-1), 0.5)
+	d = time.Duration(float64(d) * (1 - j + 2*j*p.rand()))
+	return min(d, p.max)
 }
 
 func transportName(s protocol.Session) string {
@@ -183,46 +236,20 @@ func transportName(s protocol.Session) string {
 	return "TCP (TLS+yamux)"
 }
 
+// Dialing in auto mode.
+const (
+	// tcpHeadStart is how long QUIC dials alone before TCP joins the race.
+	tcpHeadStart = 250 * time.Millisecond
+	// quicPreference is how long after the start a QUIC session is still
+	// taken over a TCP one that is already up.
+	quicPreference = time.Second
+)
+
 // connect dials by the given mode and completes the handshake.
 func (a *Agent) connect(ctx context.Context, mode string) (*link, error) {
-	var qerr error
-	if mode == "auto" || mode == "quic" {
-		l, err := a.dialHandshake(ctx, protocol.TransportQUIC)
-		if err == nil || mode == "quic" || permanent(err) || ctx.Err() != nil {
-			return l, err
-		}
-		qerr = err
-		a.say("QUIC failed (%v); falling back to TCP", shortErr(err))
-	}
-	l, err := a.dialHandshake(ctx, protocol.TransportTCP)
-	if err != nil && qerr != nil && !permanent(err) {
-		return nil, fmt.Errorf("%w %s: quic: %v; tcp: %v", ErrUnreachable, a.cfg.Server, shortErr(qerr), shortErr(err))
-	}
-	return l, err
-}
-
-func (a *Agent) dialHandshake(ctx context.Context, transport string) (*link, error) {
-	var (
-		sess protocol.Session
-		err  error
-	)
-	if transport == protocol.TransportQUIC {
-		dctx, cancel := context.WithTimeout(ctx, a.cfg.QUICTimeout)
-		sess, err = protocol.DialQUIC(dctx, a.cfg.udpAddr, a.cfg.tls)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("%w %s over QUIC: %v", ErrUnreachable, a.cfg.udpAddr, err)
-		}
-	} else {
-		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		sess, err = protocol.DialTCP(dctx, a.cfg.tcpAddr, a.cfg.tls)
-		cancel()
-		if err != nil {
-			if errors.Is(err, protocol.ErrVersionMismatch) {
-				return nil, err
-			}
-			return nil, fmt.Errorf("%w %s over TCP: %v", ErrUnreachable, a.cfg.tcpAddr, err)
-		}
+	sess, err := a.dial(ctx, mode)
+	if err != nil {
+		return nil, err
 	}
 	ctrl, err := a.handshake(ctx, sess)
 	if err != nil {
@@ -230,6 +257,148 @@ func (a *Agent) dialHandshake(ctx context.Context, transport string) (*link, err
 		return nil, err
 	}
 	return &link{sess: sess, ctrl: ctrl}, nil
+}
+
+// dial opens a session by mode. auto races the transports: QUIC first,
+// TCP from tcpHeadStart on if QUIC has not answered; QUIC wins if it is up
+// within quicPreference, TCP otherwise. A certificate problem is final:
+// the other transport meets the same certificate.
+func (a *Agent) dial(ctx context.Context, mode string) (protocol.Session, error) {
+	switch mode {
+	case "quic":
+		return a.dialTransport(ctx, protocol.TransportQUIC)
+	case "tcp":
+		return a.dialTransport(ctx, protocol.TransportTCP)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	type result struct {
+		transport string
+		sess      protocol.Session
+		err       error
+	}
+	results := make(chan result, 2)
+	pending := 0
+	start := func(transport string) {
+		pending++
+		go func() {
+			s, err := a.dialTransport(ctx, transport)
+			results <- result{transport, s, err}
+		}()
+	}
+	var chosen protocol.Session
+	defer func() {
+		// The loser is cancelled; a session it opened anyway is closed.
+		cancel()
+		for ; pending > 0; pending-- {
+			if r := <-results; r.sess != nil && r.sess != chosen {
+				r.sess.Close()
+			}
+		}
+	}()
+
+	start(protocol.TransportQUIC)
+	began := time.Now()
+	head := time.NewTimer(tcpHeadStart)
+	defer head.Stop()
+	var (
+		tcpStarted   bool
+		tcp          protocol.Session
+		qerr, terr   error
+		preferExpiry <-chan time.Time
+	)
+	startTCP := func() {
+		if !tcpStarted {
+			tcpStarted = true
+			start(protocol.TransportTCP)
+		}
+	}
+	for {
+		select {
+		case <-head.C:
+			startTCP()
+		case <-preferExpiry:
+			a.say("QUIC did not answer within %s; falling back to TCP", quicPreference)
+			chosen = tcp
+			return tcp, nil
+		case r := <-results:
+			pending--
+			switch {
+			case r.err == nil && r.transport == protocol.TransportQUIC:
+				if tcp != nil {
+					tcp.Close()
+				}
+				chosen = r.sess
+				return r.sess, nil
+			case r.err == nil:
+				if qerr != nil {
+					chosen = r.sess
+					return r.sess, nil
+				}
+				tcp = r.sess
+				pt := time.NewTimer(max(quicPreference-time.Since(began), 0))
+				defer pt.Stop()
+				preferExpiry = pt.C
+			case errors.Is(r.err, ErrCertificate):
+				if tcp != nil {
+					tcp.Close()
+				}
+				return nil, r.err
+			case r.transport == protocol.TransportQUIC:
+				qerr = r.err
+				if tcp != nil {
+					a.say("QUIC failed (%v); falling back to TCP", shortErr(qerr))
+					chosen = tcp
+					return tcp, nil
+				}
+				if terr != nil {
+					return nil, fmt.Errorf("%w %s: quic: %w; tcp: %w", ErrUnreachable, a.cfg.Server, qerr, terr)
+				}
+				startTCP()
+			default:
+				terr = r.err
+				if errors.Is(terr, protocol.ErrVersionMismatch) {
+					return nil, terr
+				}
+				if qerr != nil {
+					return nil, fmt.Errorf("%w %s: quic: %w; tcp: %w", ErrUnreachable, a.cfg.Server, qerr, terr)
+				}
+			}
+		}
+	}
+}
+
+// dialTransport opens one transport session; errors say which transport
+// failed and keep their cause. A certificate the agent cannot trust wraps
+// ErrCertificate, not ErrUnreachable: the server was reached.
+func (a *Agent) dialTransport(ctx context.Context, transport string) (protocol.Session, error) {
+	l := protocol.LivenessFor(0)
+	l.KeepAlive = protocol.AgentKeepAlive
+	var (
+		sess protocol.Session
+		err  error
+		addr string
+		over string
+	)
+	if transport == protocol.TransportQUIC {
+		addr, over = a.cfg.udpAddr, "QUIC"
+		dctx, cancel := context.WithTimeout(ctx, a.cfg.QUICTimeout)
+		sess, err = protocol.DialQUIC(dctx, addr, a.cfg.tls, l)
+		cancel()
+	} else {
+		addr, over = a.cfg.tcpAddr, "TCP"
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sess, err = protocol.DialTCP(dctx, addr, a.cfg.tls, l)
+		cancel()
+	}
+	switch {
+	case err == nil:
+		return sess, nil
+	case errors.Is(err, protocol.ErrVersionMismatch):
+		return nil, err
+	case isCertificateError(err):
+		return nil, fmt.Errorf("%w: %s over %s: %w", ErrCertificate, addr, over, err)
+	}
+	return nil, fmt.Errorf("%w %s over %s: %w", ErrUnreachable, addr, over, err)
 }
 
 func (a *Agent) handshake(ctx context.Context, sess protocol.Session) (protocol.Stream, error) {
@@ -262,10 +431,10 @@ func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
 	sess, ctrl := l.sess, l.ctrl
 	a.current.Store(&sessionState{sess: sess})
 	hb := time.Duration(a.Welcome().HeartbeatMillis) * time.Millisecond
-	if hb <= 0 {
-		hb = 5 * time.Second
-	}
-	c := protocol.NewControl(ctrl, hb)
+	live := protocol.LivenessFor(hb)
+	live.KeepAlive = min(live.KeepAlive, protocol.AgentKeepAlive)
+	protocol.SetLiveness(sess, live)
+	c := protocol.NewControl(ctrl, live.IdleTimeout/3)
 
 	a.sessions.Add(1)
 	go func() {
@@ -300,6 +469,15 @@ func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
 			}
 		}
 		if next == nil {
+			select {
+			case <-sess.Done():
+				// Why the session ended (the server went silent, or
+				// hung up) says more than the control stream failing.
+				if ga == nil {
+					err = sess.Err()
+				}
+			default:
+			}
 			sess.Close()
 			if ctx.Err() != nil {
 				return nil, nil
@@ -313,23 +491,21 @@ func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
 		cancel()
 		<-runErr
 	}
-	{
-		// The server moves the name to the new session at once and
-		// closes this one after its deliveries finish.
-		a.sessions.Add(1)
-		go func() {
-			defer a.sessions.Done()
-			t := time.NewTimer(time.Minute)
-			defer t.Stop()
-			select {
-			case <-sess.Done():
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			sess.Close()
-		}()
-		return next, nil
-	}
+	// The server moves the name to the new session at once and closes
+	// this one after its deliveries finish.
+	a.sessions.Add(1)
+	go func() {
+		defer a.sessions.Done()
+		t := time.NewTimer(time.Minute)
+		defer t.Stop()
+		select {
+		case <-sess.Done():
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		sess.Close()
+	}()
+	return next, nil
 }
 
 func (a *Agent) probeQUIC(ctx context.Context, out chan<- *link) {
@@ -342,7 +518,7 @@ func (a *Agent) probeQUIC(ctx context.Context, out chan<- *link) {
 		case <-t.C:
 		}
 		a.probing.Store(true)
-		l, err := a.dialHandshake(ctx, protocol.TransportQUIC)
+		l, err := a.connect(ctx, "quic")
 		if err != nil {
 			a.probing.Store(false)
 			a.cfg.Logger.Debug("QUIC still unavailable", "err", err)
@@ -370,6 +546,18 @@ func (a *Agent) recorded(d *Delivery, id int64) {
 
 func (a *Agent) say(format string, args ...any) {
 	fmt.Fprintf(a.cfg.Console, "%s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// isCertificateError reports whether err is TLS refusing the server's
+// certificate, on either transport.
+func isCertificateError(err error) bool {
+	var (
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		verify   *tls.CertificateVerificationError
+	)
+	return errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &verify)
 }
 
 func shortErr(err error) string {

@@ -216,7 +216,7 @@ func ParseTarget(s string) (*url.URL, error) {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return nil, fmt.Errorf("%q: %v", s, err)
+		return nil, fmt.Errorf("%q: %w", s, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return nil, fmt.Errorf("%q: scheme must be http or https", s)

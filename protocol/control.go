@@ -3,19 +3,14 @@ package protocol
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// ErrHeartbeatTimeout means the peer stopped answering pings: the session
-// looks alive to the kernel but carries nothing (a laptop that slept).
-var ErrHeartbeatTimeout = errors.New("peer stopped answering heartbeats")
-
-// ErrGoAway is returned by Control.Run when the server ended the session on
-// purpose; errors.As gives the GoAway.
+// GoAwayError is returned by Control.Run when the server ended the
+// session on purpose; errors.As gives the GoAway.
 type GoAwayError struct{ GoAway GoAway }
 
 func (e *GoAwayError) Error() string {
@@ -25,22 +20,33 @@ func (e *GoAwayError) Error() string {
 	return "server ended the session: " + e.GoAway.Reason
 }
 
-// Control runs the control stream after the handshake: heartbeats both
-// ways and the server's GoAway.
+// Control runs the control stream after the handshake: the server's GoAway,
+// and Ping/Pong both ways for the round-trip time. It never decides that the
+// peer is gone: a pong may wait behind a saturated process's data, so the
+// session decides that from every byte it receives (Session.Err).
 type Control struct {
 	st       Stream
 	interval time.Duration
-	wmu      sync.Mutex
-	lastSeen atomic.Int64 // unix nanos of the last frame from the peer
-	rtt      atomic.Int64 // nanoseconds, last measured
+	probe    time.Duration
+	// wlock serialises frame writes. A channel rather than a mutex: a
+	// pong waiting behind a ping stuck in flow control is then durably
+	// blocked, which testing/synctest needs to move its clock.
+	wlock   chan struct{}
+	rtt     atomic.Int64 // nanoseconds, last measured
+	waiting atomic.Bool  // a ping is unanswered
 }
 
-// NewControl wraps the control stream. interval is how often to ping; the
-// peer is declared gone after three intervals of silence.
+// pingLen is the Ping payload: an 8-byte timestamp, padded so that the
+// QUIC packet carrying it is long enough to draw a stateless reset from a
+// restarted server (quic-go answers no packet of 42 bytes or less).
+const pingLen = 32
+
+// NewControl wraps the control stream; interval is how often to ping. While
+// a ping is unanswered another follows every AgentKeepAlive (or interval,
+// if shorter): each is a fresh packet a restarted server answers with a
+// reset, so the restart is learned within about a second of it.
 func NewControl(st Stream, interval time.Duration) *Control {
-	c := &Control{st: st, interval: interval}
-	c.lastSeen.Store(time.Now().UnixNano())
-	return c
+	return &Control{st: st, interval: interval, probe: min(interval, AgentKeepAlive), wlock: make(chan struct{}, 1)}
 }
 
 // RTT is the round-trip time of the latest answered ping.
@@ -48,51 +54,72 @@ func (c *Control) RTT() time.Duration { return time.Duration(c.rtt.Load()) }
 
 // SendGoAway tells the agent why the session is ending.
 func (c *Control) SendGoAway(g GoAway) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.wlock <- struct{}{}
+	defer func() { <-c.wlock }()
 	c.st.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	defer c.st.SetWriteDeadline(time.Time{})
 	return WriteMessage(c.st, FrameGoAway, g)
 }
 
 func (c *Control) write(t FrameType, p []byte) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.st.SetWriteDeadline(time.Now().Add(c.interval * 3))
+	c.wlock <- struct{}{}
+	defer func() { <-c.wlock }()
 	return WriteFrame(c.st, t, p)
 }
 
 // Run pings every interval and answers the peer's pings until ctx ends, the
-// stream fails, the peer falls silent, or a GoAway arrives. It closes the
-// control stream before returning; the caller closes the session.
+// stream fails (as it does when the session ends), or a GoAway arrives. It
+// aborts the control stream before returning; the caller closes the
+// session.
 func (c *Control) Run(ctx context.Context) error {
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		errc <- c.readLoop()
 	}()
+	go func() {
+		defer wg.Done()
+		if err := c.pingLoop(stop); err != nil {
+			errc <- err
+		}
+	}()
 	defer func() {
-		c.st.Close()
+		close(stop)
+		c.st.Close() // releases a read or write blocked on the stream
 		wg.Wait()
 	}()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case err := <-errc:
+		return err
+	}
+}
 
-	t := time.NewTicker(c.interval)
+// pingLoop sends a ping every interval, and every probe while one is
+// unanswered. A ping stuck behind data only delays the next one: the loop
+// never waits on an answer.
+func (c *Control) pingLoop(stop <-chan struct{}) error {
+	t := time.NewTicker(c.probe)
 	defer t.Stop()
+	last := time.Now()
 	for {
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-errc:
-			return err
+		case <-stop:
+			return nil
 		case now := <-t.C:
-			if silent := now.Sub(time.Unix(0, c.lastSeen.Load())); silent > 3*c.interval {
-				return fmt.Errorf("%w (silent for %s)", ErrHeartbeatTimeout, silent.Round(time.Millisecond))
+			if since := now.Sub(last); since < c.interval && !(c.waiting.Load() && since >= c.probe) {
+				continue
 			}
-			var p [8]byte
+			last = now
+			c.waiting.Store(true)
+			var p [pingLen]byte
 			binary.BigEndian.PutUint64(p[:], uint64(now.UnixNano()))
 			if err := c.write(FramePing, p[:]); err != nil {
-				return fmt.Errorf("send heartbeat: %w", err)
+				return fmt.Errorf("send ping: %w", err)
 			}
 		}
 	}
@@ -104,14 +131,14 @@ func (c *Control) readLoop() error {
 		if err != nil {
 			return fmt.Errorf("control stream: %w", err)
 		}
-		c.lastSeen.Store(time.Now().UnixNano())
 		switch t {
 		case FramePing:
 			if err := c.write(FramePong, p); err != nil {
-				return fmt.Errorf("answer heartbeat: %w", err)
+				return fmt.Errorf("answer ping: %w", err)
 			}
 		case FramePong:
-			if len(p) == 8 {
+			c.waiting.Store(false)
+			if len(p) >= 8 {
 				sent := int64(binary.BigEndian.Uint64(p))
 				if d := time.Now().UnixNano() - sent; d >= 0 {
 					c.rtt.Store(d)

@@ -16,7 +16,7 @@ const (
 	FrameHello    FrameType = 0x01 // agent->server, JSON Hello
 	FrameWelcome  FrameType = 0x02 // server->agent, JSON Welcome
 	FrameReject   FrameType = 0x03 // server->agent, JSON Reject
-	FramePing     FrameType = 0x04 // either way, 8-byte opaque payload echoed in Pong
+	FramePing     FrameType = 0x04 // either way, opaque payload (clock + padding) echoed in Pong
 	FramePong     FrameType = 0x05 // either way, the Ping's payload
 	FrameGoAway   FrameType = 0x06 // server->agent, JSON GoAway
 	FrameDelivery FrameType = 0x07 // server->agent, JSON Delivery; HTTP/1.1 follows on the stream

@@ -7,7 +7,8 @@
 //
 // Login: the agent opens the first stream (the control stream) and writes a
 // Hello frame; the server answers Welcome or Reject. The control stream then
-// carries Ping/Pong heartbeats both ways for the life of the session, and a
+// carries Ping/Pong both ways for the life of the session (the round-trip
+// time; liveness is the transport's, from every byte received), and a
 // GoAway from the server when it replaces or drains the session.
 //
 // Steady state: for every delivery the server opens a new stream, writes one
@@ -83,7 +84,9 @@ type Welcome struct {
 	Server    string `json:"server,omitempty"` // server build version
 	// MaxBody is the largest request body the server forwards, in bytes.
 	MaxBody int64 `json:"max_body"`
-	// HeartbeatMillis is how often each side pings on the control stream.
+	// HeartbeatMillis is the server's keep-alive interval: each side pings
+	// on the control stream this often, and a session that receives
+	// nothing for three of them is closed.
 	HeartbeatMillis int64 `json:"heartbeat_ms"`
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,8 +14,12 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// Stream is one bidirectional byte stream of a Session. Close ends both
-// directions; CloseWrite only says "no more bytes from me".
+// Stream is one bidirectional byte stream of a Session.
+//
+// Close aborts the stream in both directions: a Read or Write blocked on it
+// returns at once, and the peer's Read and Write fail with ErrStreamAborted
+// instead of seeing a clean end. CloseWrite is the graceful half-close: the
+// peer reads io.EOF after the last byte and may still answer.
 type Stream interface {
 	net.Conn
 	CloseWrite() error
@@ -30,6 +33,9 @@ type Session interface {
 	Close() error
 	// Done is closed once the session has ended, for whatever reason.
 	Done() <-chan struct{}
+	// Err says why the session ended (ErrPeerSilent when the peer sent
+	// nothing for the idle timeout); nil while it runs.
+	Err() error
 	// Transport is "quic" or "tcp".
 	Transport() string
 	RemoteAddr() net.Addr
@@ -45,32 +51,89 @@ const (
 // at once; the server's OpenStream waits beyond it.
 const MaxConcurrentDeliveries = 1024
 
-// QUICConfig is the quic-go configuration both sides use. Keep-alive is on
-// because quic-go's default (off, 30 s idle) lets a quiet tunnel die.
-func QUICConfig() *quic.Config {
+var (
+	// ErrStreamAborted is what Read and Write return on a stream that
+	// either side aborted with Close.
+	ErrStreamAborted = errors.New("stream aborted")
+	// ErrPeerSilent ends a session on which nothing at all arrived for
+	// the idle timeout: the peer is gone (a laptop asleep, a cable cut, a
+	// process killed) even if the kernel still holds the connection.
+	ErrPeerSilent = errors.New("peer went silent")
+	// ErrSessionClosed is a session's Err after a Close from this side or
+	// an orderly end from the peer's.
+	ErrSessionClosed = errors.New("session closed")
+)
+
+// Liveness timings. These are the defaults of both sides; a server's
+// Heartbeat setting replaces KeepAlive and the idle timeout follows it.
+const (
+	// DefaultKeepAlive is how long a session may go without receiving
+	// anything before this side sends something that asks for an answer.
+	DefaultKeepAlive = 5 * time.Second
+	// DefaultIdleTimeout is how long a session may go without receiving
+	// anything at all before it is declared dead: three keep-alives.
+	DefaultIdleTimeout = 3 * DefaultKeepAlive
+	// AgentKeepAlive is the agent's, shorter: a probe sent after a second
+	// of quiet is what a restarted server answers with a reset (QUIC
+	// stateless reset, TCP RST), so the agent learns of a restart within a
+	// second or two of the server coming back instead of by silence.
+	AgentKeepAlive = time.Second
+)
+
+// Liveness says how a session tells a dead peer from a quiet or busy one.
+// Every byte (QUIC: every packet) received is a sign of life, so a peer
+// busy sending data is never taken for a dead one; probes are the
+// transports' own (QUIC PING frames, yamux pings) and only matter when the
+// session is otherwise quiet.
+type Liveness struct {
+	// KeepAlive is how long the session may receive nothing before this
+	// side sends a probe the peer must answer.
+	KeepAlive time.Duration
+	// IdleTimeout is how long the session may receive nothing before it
+	// ends with ErrPeerSilent.
+	IdleTimeout time.Duration
+}
+
+// LivenessFor is the Liveness of a session whose keep-alive interval is
+// keepAlive (the server's Heartbeat): the idle timeout is three of them.
+// Zero means the defaults.
+func LivenessFor(keepAlive time.Duration) Liveness {
+	if keepAlive <= 0 {
+		keepAlive = DefaultKeepAlive
+	}
+	return Liveness{KeepAlive: keepAlive, IdleTimeout: 3 * keepAlive}
+}
+
+// ServerQUICConfig is the quic-go configuration of the server's listener.
+// An agent opens one stream, the control stream, and nothing else, so it
+// may not open more: a stranger cannot make the server hold streams.
+func ServerQUICConfig(l Liveness) *quic.Config {
+	c := quicConfig(l)
+	c.MaxIncomingStreams = 1
+	return c
+}
+
+// AgentQUICConfig is the quic-go configuration agents dial with. The
+// session's idle timeout is the smaller of both sides' (QUIC negotiates it),
+// so a server with a short Heartbeat shortens the agent's too.
+func AgentQUICConfig(l Liveness) *quic.Config {
+	c := quicConfig(l)
+	c.MaxIncomingStreams = MaxConcurrentDeliveries
+	return c
+}
+
+func quicConfig(l Liveness) *quic.Config {
 	return &quic.Config{
-		HandshakeIdleTimeout:       5 * time.Second,
-		MaxIdleTimeout:             30 * time.Second,
-		KeepAlivePeriod:            10 * time.Second,
-		MaxIncomingStreams:         MaxConcurrentDeliveries,
+		HandshakeIdleTimeout: 5 * time.Second,
+		// Any packet received restarts the idle timer, and PING frames
+		// are control frames sent ahead of stream data: QUIC's own
+		// keep-alive is exactly the liveness relay needs.
+		MaxIdleTimeout:             l.IdleTimeout,
+		KeepAlivePeriod:            l.KeepAlive,
+		MaxIncomingUniStreams:      -1,
 		MaxStreamReceiveWindow:     8 << 20,
 		MaxConnectionReceiveWindow: 32 << 20,
 	}
-}
-
-// YamuxConfig is the yamux configuration both sides use.
-func YamuxConfig() *yamux.Config {
-	c := yamux.DefaultConfig()
-	// Waiting streams beyond the backlog are reset silently: size it to
-	// what the server may push at once.
-	c.AcceptBacklog = MaxConcurrentDeliveries
-	// The default 256 KiB window bounds one stream to window/RTT.
-	c.MaxStreamWindowSize = 2 << 20
-	c.KeepAliveInterval = 10 * time.Second
-	c.ConnectionWriteTimeout = 10 * time.Second
-	c.StreamCloseTimeout = time.Minute
-	c.LogOutput = io.Discard
-	return c
 }
 
 // NewQUICSession wraps an established quic-go connection.
@@ -83,7 +146,7 @@ func (s *quicSession) OpenStream(ctx context.Context) (Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &quicStream{Stream: st, c: s.c}, nil
+	return &quicStream{st: st, c: s.c}, nil
 }
 
 func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
@@ -91,7 +154,7 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &quicStream{Stream: st, c: s.c}, nil
+	return &quicStream{st: st, c: s.c}, nil
 }
 
 func (s *quicSession) Close() error          { return s.c.CloseWithError(0, "closed") }
@@ -99,122 +162,97 @@ func (s *quicSession) Done() <-chan struct{} { return s.c.Context().Done() }
 func (s *quicSession) Transport() string     { return TransportQUIC }
 func (s *quicSession) RemoteAddr() net.Addr  { return s.c.RemoteAddr() }
 
+func (s *quicSession) Err() error {
+	cause := context.Cause(s.c.Context())
+	if cause == nil {
+		return nil
+	}
+	var idle *quic.IdleTimeoutError
+	if errors.As(cause, &idle) {
+		return fmt.Errorf("%w: %w", ErrPeerSilent, cause)
+	}
+	var appErr *quic.ApplicationError
+	if errors.As(cause, &appErr) && appErr.ErrorCode == 0 {
+		return fmt.Errorf("%w: %w", ErrSessionClosed, cause)
+	}
+	return cause
+}
+
+// abortCode is the QUIC error code of a stream aborted by Close.
+const abortCode quic.StreamErrorCode = 1
+
 type quicStream struct {
-	*quic.Stream
-	c *quic.Conn
+	st *quic.Stream
+	c  *quic.Conn
+
+	mu      sync.Mutex // orders CloseWrite and Close: quic-go forbids Close after CancelWrite
+	aborted bool
+	fin     bool
 }
 
-func (s *quicStream) LocalAddr() net.Addr  { return s.c.LocalAddr() }
-func (s *quicStream) RemoteAddr() net.Addr { return s.c.RemoteAddr() }
+func (s *quicStream) Read(p []byte) (int, error) {
+	n, err := s.st.Read(p)
+	return n, quicStreamErr(err)
+}
 
-// CloseWrite sends FIN: quic-go's Close is already a half-close.
-func (s *quicStream) CloseWrite() error { return s.Stream.Close() }
+func (s *quicStream) Write(p []byte) (int, error) {
+	n, err := s.st.Write(p)
+	return n, quicStreamErr(err)
+}
 
-// Close aborts reading too, so a peer still sending learns at once.
+func quicStreamErr(err error) error {
+	var se *quic.StreamError
+	if err != nil && errors.As(err, &se) {
+		return fmt.Errorf("%w: %w", ErrStreamAborted, err)
+	}
+	return err
+}
+
+func (s *quicStream) LocalAddr() net.Addr                { return s.c.LocalAddr() }
+func (s *quicStream) RemoteAddr() net.Addr               { return s.c.RemoteAddr() }
+func (s *quicStream) SetDeadline(t time.Time) error      { return s.st.SetDeadline(t) }
+func (s *quicStream) SetReadDeadline(t time.Time) error  { return s.st.SetReadDeadline(t) }
+func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteDeadline(t) }
+
+// CloseWrite sends FIN. Like quic-go's Close, it must not race a Write.
+func (s *quicStream) CloseWrite() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.aborted {
+		return ErrStreamAborted
+	}
+	if s.fin {
+		return nil
+	}
+	s.fin = true
+	return s.st.Close()
+}
+
+// Close aborts both directions (RESET_STREAM and STOP_SENDING): blocked
+// calls return, unsent data is dropped, and the peer learns of the abort
+// instead of reading a clean FIN. It is safe to call while another
+// goroutine writes.
 func (s *quicStream) Close() error {
-	s.Stream.CancelRead(0)
-	return s.Stream.Close()
-}
-
-// NewYamuxSession wraps a yamux session running over conn (a *tls.Conn).
-func NewYamuxSession(ys *yamux.Session, conn net.Conn) Session {
-	return &yamuxSession{s: ys, conn: conn}
-}
-
-type yamuxSession struct {
-	s    *yamux.Session
-	conn net.Conn
-}
-
-func (s *yamuxSession) OpenStream(ctx context.Context) (Stream, error) {
-	// yamux's Open does not block on the peer (no stream limit), so the
-	// context only matters if the session is already gone.
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	st, err := s.s.OpenStream()
-	if err != nil {
-		return nil, err
-	}
-	return &yamuxStream{Stream: st}, nil
-}
-
-func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
-	st, err := s.s.AcceptStreamWithContext(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &yamuxStream{Stream: st}, nil
-}
-
-func (s *yamuxSession) Close() error {
-	err := s.s.Close()
-	s.conn.Close()
-	return err
-}
-func (s *yamuxSession) Done() <-chan struct{} { return s.s.CloseChan() }
-func (s *yamuxSession) Transport() string     { return TransportTCP }
-func (s *yamuxSession) RemoteAddr() net.Addr  { return s.conn.RemoteAddr() }
-
-type yamuxStream struct {
-	*yamux.Stream
-	once sync.Once
-}
-
-// CloseWrite sends FIN: yamux's Close is a half-close.
-func (s *yamuxStream) CloseWrite() error { return s.Stream.Close() }
-
-// Close sends FIN and fails any read or write still waiting: yamux has no
-// abort, so an expired deadline is how blocked callers are released.
-func (s *yamuxStream) Close() error {
-	var err error
-	s.once.Do(func() {
-		err = s.Stream.Close()
-		s.Stream.SetDeadline(time.Unix(1, 0))
-	})
-	return err
-}
-
-// ServerYamux starts the server side of a yamux session on an accepted TLS
-// connection that negotiated ALPN.
-func ServerYamux(conn net.Conn) (Session, error) {
-	ys, err := yamux.Server(conn, YamuxConfig())
-	if err != nil {
-		return nil, fmt.Errorf("start yamux: %w", err)
-	}
-	return NewYamuxSession(ys, conn), nil
-}
-
-// DialTCP dials addr over TLS, checks ALPN and starts a yamux client.
-func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config) (Session, error) {
-	conf := tlsConf.Clone()
-	conf.NextProtos = []string{ALPN}
-	d := tls.Dialer{Config: conf, NetDialer: &net.Dialer{KeepAlive: 15 * time.Second}}
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		if strings.Contains(err.Error(), "no application protocol") {
-			return nil, fmt.Errorf("%w: %s does not speak %s; is it a relay server?", ErrVersionMismatch, addr, ALPN)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.aborted {
+		s.aborted = true
+		// After CloseWrite the bytes sent are whole and the peer may
+		// still be reading them: only reading is aborted (as a TCP close
+		// after shutdown(SHUT_WR) still delivers what was sent).
+		if !s.fin {
+			s.st.CancelWrite(abortCode)
 		}
-		return nil, err
+		s.st.CancelRead(abortCode)
 	}
-	tc := c.(*tls.Conn)
-	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
-		tc.Close()
-		return nil, fmt.Errorf("%w: server did not negotiate %s (got %q); is it a relay server?", ErrVersionMismatch, ALPN, p)
-	}
-	ys, err := yamux.Client(tc, YamuxConfig())
-	if err != nil {
-		tc.Close()
-		return nil, fmt.Errorf("start yamux: %w", err)
-	}
-	return NewYamuxSession(ys, tc), nil
+	return nil
 }
 
 // DialQUIC dials addr over QUIC with ALPN relay/1.
-func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config) (Session, error) {
+func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, l Liveness) (Session, error) {
 	conf := tlsConf.Clone()
 	conf.NextProtos = []string{ALPN}
-	c, err := quic.DialAddr(ctx, addr, conf, QUICConfig())
+	c, err := quic.DialAddr(ctx, addr, conf, AgentQUICConfig(l))
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +266,8 @@ func IsClosed(err error) bool {
 	}
 	var appErr *quic.ApplicationError
 	var idle *quic.IdleTimeoutError
-	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, ErrStreamAborted) ||
+		errors.Is(err, ErrPeerSilent) || errors.Is(err, ErrSessionClosed) ||
 		errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrStreamClosed) ||
 		errors.Is(err, context.Canceled) || errors.As(err, &appErr) || errors.As(err, &idle)
 }

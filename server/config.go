@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/relaytunnel/relay/protocol"
 )
 
 // Config is everything a relay server needs; flags only fill it.
@@ -52,8 +54,9 @@ type Config struct {
 	// the agent's own, shorter timeout for the local app normally answers
 	// first with a 504 of its own.
 	ResponseTimeout time.Duration
-	// Heartbeat is the control-stream ping interval; a session silent for
-	// three intervals is closed.
+	// Heartbeat is the keep-alive interval of agent sessions (both sides
+	// probe a session that received nothing for this long); a session that
+	// receives nothing at all for three intervals is closed.
 	Heartbeat time.Duration
 	// HandshakeTimeout bounds an agent's TLS/QUIC handshake plus Hello.
 	HandshakeTimeout time.Duration
@@ -72,7 +75,7 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 90 * time.Second
 	DefaultResponseTimeout   = 2 * time.Minute
-	DefaultHeartbeat         = 5 * time.Second
+	DefaultHeartbeat         = protocol.DefaultKeepAlive
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultQueueMaxCount     = 10000
 	DefaultQueueMaxBytes     = 512 << 20

@@ -122,11 +122,15 @@ func (s *Server) setup() error {
 		if s.udpConn, err = cfg.Sockets.listenUDP(qaddr); err != nil {
 			return fmt.Errorf("quic listen %s: %w", qaddr, err)
 		}
-		s.quicTr = &quic.Transport{Conn: s.udpConn}
+		key, err := loadResetKey(cfg.DataDir)
+		if err != nil {
+			return fmt.Errorf("quic stateless reset key: %w", err)
+		}
+		s.quicTr = &quic.Transport{Conn: s.udpConn, StatelessResetKey: key}
 		qtls := certs.TLSConfig(s.certs, []string{protocol.ALPN})
 		// ACME challenges arrive over TCP only; QUIC speaks relay/1 alone.
 		qtls.NextProtos = []string{protocol.ALPN}
-		if s.quicLn, err = s.quicTr.Listen(qtls, protocol.QUICConfig()); err != nil {
+		if s.quicLn, err = s.quicTr.Listen(qtls, protocol.ServerQUICConfig(protocol.LivenessFor(cfg.Heartbeat))); err != nil {
 			return fmt.Errorf("quic listen %s: %w", qaddr, err)
 		}
 	}
@@ -213,7 +217,7 @@ func (s *Server) acceptQUIC() {
 }
 
 func (s *Server) serveTLSAgent(_ *http.Server, c *tls.Conn, _ http.Handler) {
-	sess, err := protocol.ServerYamux(c)
+	sess, err := protocol.ServerYamux(c, protocol.LivenessFor(s.cfg.Heartbeat))
 	if err != nil {
 		c.Close()
 		return

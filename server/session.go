@@ -23,6 +23,22 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		log.Debug("agent opened no control stream", "err", err)
 		return
 	}
+	// An agent opens the control stream and nothing else. Any other
+	// stream, before the Welcome or after, is a protocol violation that
+	// ends the session: refusing streams one by one would let a stranger
+	// keep the server buffering what it sends on them.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		st, err := sess.AcceptStream(s.ctx)
+		if err != nil {
+			return // the session ended
+		}
+		st.Close()
+		log.Warn("agent opened a stream of its own; closing the session (protocol violation)")
+		sess.Close()
+	}()
+
 	ctrl.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	var hello protocol.Hello
 	if err := protocol.ReadMessage(ctrl, protocol.FrameHello, &hello); err != nil {
@@ -49,14 +65,19 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		MaxBody:         s.cfg.MaxBody,
 		HeartbeatMillis: s.cfg.Heartbeat.Milliseconds(),
 	}
+	// The tunnel is routable before the agent reads its Welcome: an agent
+	// that says it is connected must not see its first delivery queued.
+	// A delivery that comes first waits in the stream backlog.
+	old := s.reg.put(t)
 	ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := protocol.WriteMessage(ctrl, protocol.FrameWelcome, w); err != nil {
+		s.reg.remove(t)
 		log.Info("send welcome", "err", err)
 		return
 	}
 	ctrl.SetWriteDeadline(time.Time{})
 
-	if old := s.reg.put(t); old != nil {
+	if old != nil {
 		// The same token reconnecting: the network dropped and the old
 		// session has not noticed yet. The newest one wins.
 		// Deliveries already on the old session may finish there; new
@@ -93,9 +114,16 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 	err = t.ctrl.Run(ctx)
 	stopQueue()
 	s.reg.remove(t)
+	select {
+	case <-sess.Done():
+		// The session's reason (the agent went silent, or hung up) says
+		// more than the control stream failing with it.
+		err = sess.Err()
+	default:
+	}
 	var ga *protocol.GoAwayError
 	switch {
-	case errors.As(err, &ga), ctx.Err() != nil, protocol.IsClosed(err):
+	case errors.As(err, &ga), ctx.Err() != nil, errors.Is(err, protocol.ErrSessionClosed):
 		log.Info("agent disconnected")
 	default:
 		log.Info("agent disconnected", "err", err)

@@ -124,13 +124,21 @@ func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
 	}
 }
 
+// TestConcurrentDeliveriesOnOneTunnel sends a burst of 200 deliveries at
+// once; with RELAY_STRESS the CPUs are busy as well. Every one must be
+// answered by the app over the one session it started on.
 func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
 	for _, tr := range relaytest.Transports {
 		t.Run(tr, func(t *testing.T) {
+			relaytest.Stress(t)
 			srv := relaytest.StartServer(t)
 			app := relaytest.EchoApp(t)
-			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "busy"), "busy", app.URL))
-			hc := relaytest.ProviderClient(t, srv)
+			console := &relaytest.Buffer{}
+			cfg := relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "busy"), "busy", app.URL)
+			cfg.Console = console
+			a := relaytest.RunAgent(t, cfg)
+			session := a.Welcome().SessionID
+			hc := relaytest.ProviderClientHTTP1(t, srv)
 			const n = 200
 			var wg sync.WaitGroup
 			errs := make(chan error, n)
@@ -156,6 +164,9 @@ func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
 			close(errs)
 			for err := range errs {
 				t.Error(err)
+			}
+			if c := console.String(); strings.Contains(c, "connection lost") || a.Welcome().SessionID != session {
+				t.Fatalf("the session was dropped during the burst:\n%s", c)
 			}
 		})
 	}

@@ -186,7 +186,7 @@ func runBench(ctx context.Context, o benchOptions, logw io.Writer) (*benchReport
 	data := filepath.Join(dir, "server")
 	out, err := exec.Command(o.relayBin, "token", "create", "--name", "bench", "--data", data).CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("token create: %v: %s", err, out)
+		return nil, fmt.Errorf("token create: %w: %s", err, out)
 	}
 	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
 	logs := &lockedLog{}

@@ -3,10 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -105,9 +113,9 @@ func TestConnectErrorsAreOneActionableLine(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			args := append([]string{"connect", "3000", "--ca", ca, "--quic-server", srv.QUICAddr()}, tt.args...)
+			args := append([]string{"connect", "3000", "--ca", ca, "--quic-server", srv.QUICAddr(), "--data", t.TempDir(), "--inspect", ""}, tt.args...)
 			if tt.name == "a server that is not relay says so" {
-				args = append([]string{"connect", "3000"}, tt.args...)
+				args = append([]string{"connect", "3000", "--data", t.TempDir(), "--inspect", ""}, tt.args...)
 			}
 			t.Setenv("RELAY_TOKEN", "")
 			code, _, errs := runCLI(t, args...)
@@ -143,7 +151,7 @@ func fakeRelay(t *testing.T, dir string) string {
 			}
 			go func() {
 				defer c.Close()
-				sess, err := protocol.ServerYamux(c)
+				sess, err := protocol.ServerYamux(c, protocol.LivenessFor(0))
 				if err != nil {
 					return
 				}
@@ -158,6 +166,112 @@ func fakeRelay(t *testing.T, dir string) string {
 					Message: "agent speaks protocol 1, server speaks protocol 2: install the same relay release on both sides"})
 				<-sess.Done()
 			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestConnectCertificateProblemsAreOneLineAndNeverFallBack(t *testing.T) {
+	dir := t.TempDir()
+	srv := devServer(t, dir)
+	_, token, _ := srv.Store().CreateToken(context.Background(), "mine")
+	caPEM, caCert, caKey := testCA(t)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(caFile, caPEM, 0o600)
+	now := time.Now()
+	expired := tlsRelay(t, leafCert(t, caCert, caKey, []string{"localhost"}, now.Add(-48*time.Hour), now.Add(-24*time.Hour)))
+	wrongName := tlsRelay(t, leafCert(t, caCert, caKey, []string{"other.example"}, now.Add(-time.Hour), now.Add(24*time.Hour)))
+	closed := func() string {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer ln.Close()
+		return ln.Addr().String()
+	}()
+	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"an untrusted CA says to pass --ca, over QUIC and TCP alike (auto)",
+			[]string{"--server", "localhost:" + port(srv.Addr()), "--quic-server", srv.QUICAddr(), "--transport", "auto"},
+			"the relay's certificate is not trusted by this machine: pass --ca FILE"},
+		{"an untrusted CA over TCP",
+			[]string{"--server", "localhost:" + port(srv.Addr()), "--transport", "tcp"},
+			"the relay's certificate is not trusted by this machine: pass --ca FILE"},
+		{"an expired certificate says so",
+			[]string{"--server", "localhost:" + port(expired), "--quic-server", closed, "--transport", "tcp", "--ca", caFile},
+			"the relay's certificate expired on"},
+		{"a certificate for another name says which names it has",
+			[]string{"--server", "localhost:" + port(wrongName), "--quic-server", closed, "--transport", "auto", "--ca", caFile},
+			"the relay's certificate is not for localhost (it names other.example): check --server"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("RELAY_TOKEN", "")
+			args := append([]string{"connect", "3000", "--token", token, "--data", t.TempDir(), "--inspect", ""}, tt.args...)
+			code, out, errs := runCLI(t, args...)
+			if code == 0 {
+				t.Fatal("exit status 0")
+			}
+			if !strings.Contains(errs, tt.want) || strings.Count(errs, "\n") != 1 || !strings.HasPrefix(errs, "relay: ") {
+				t.Fatalf("stderr = %q, want one line containing %q", errs, tt.want)
+			}
+			if strings.Contains(out, "falling back") || strings.Contains(errs, "cannot reach") {
+				t.Fatalf("a certificate problem was taken for an unreachable server:\n%s%s", out, errs)
+			}
+		})
+	}
+}
+
+func testCA(t *testing.T) ([]byte, *x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(72 * time.Hour),
+		IsCA: true, KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), cert, key
+}
+
+func leafCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, names []string, from, until time.Time) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
+		NotBefore: from, NotAfter: until, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// tlsRelay listens for TLS with ALPN relay/1 and cert, and hangs up after
+// the handshake: enough for an agent to judge the certificate.
+func tlsRelay(t *testing.T, cert tls.Certificate) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{protocol.ALPN}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.(*tls.Conn).Handshake()
+			c.Close()
 		}
 	}()
 	return ln.Addr().String()

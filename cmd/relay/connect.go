@@ -4,6 +4,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -52,21 +55,98 @@ func explainAgentError(err error, cfg client.Config) error {
 	if err == nil {
 		return nil
 	}
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
 	switch {
 	case errors.Is(err, protocol.ErrBadToken):
-		return fmt.Errorf("the relay server refused the token (%v)", err)
+		return fmt.Errorf("the relay server refused the token (%w)", err)
 	case errors.Is(err, protocol.ErrNameTaken), errors.Is(err, protocol.ErrNameNotAllowed):
-		return fmt.Errorf("the relay server refused the name (%v)", err)
+		return fmt.Errorf("the relay server refused the name (%w)", err)
 	case errors.Is(err, protocol.ErrVersionMismatch):
-		return fmt.Errorf("%v", err)
-	case errors.As(err, &unknownCA):
-		return fmt.Errorf("the relay server's certificate is not trusted (%v); for a --dev server pass --ca DATA/dev-ca.pem", err)
-	case errors.As(err, &hostErr):
-		return fmt.Errorf("the relay server's certificate does not match %s (%v); check --server", cfg.Server, err)
+		return err
+	case errors.Is(err, client.ErrCertificate):
+		return explainCertificate(err, cfg)
 	case errors.Is(err, client.ErrUnreachable):
-		return fmt.Errorf("%v; check --server, that `relay server` runs there, and that TCP and UDP 443 are open", err)
+		return fmt.Errorf("%w; check --server, that `relay server` runs there, and that TCP and UDP 443 are open", err)
 	}
 	return err
+}
+
+// certError is a certificate refusal said in one line a person can act
+// on; the chain stays reachable with errors.Is/As.
+type certError struct {
+	msg string
+	err error
+}
+
+func (e *certError) Error() string { return e.msg }
+func (e *certError) Unwrap() error { return e.err }
+
+func explainCertificate(err error, cfg client.Config) error {
+	var (
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+	)
+	var msg string
+	switch {
+	case errors.As(err, &hostname):
+		msg = fmt.Sprintf("the relay's certificate is not for %s (it names %s): check --server", hostname.Host, certNames(hostname.Certificate))
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		c := invalid.Cert
+		if c != nil && time.Now().Before(c.NotBefore) {
+			msg = fmt.Sprintf("the relay's certificate is not valid until %s: check this machine's clock", c.NotBefore.UTC().Format(time.RFC3339))
+		} else if c != nil {
+			msg = fmt.Sprintf("the relay's certificate expired on %s: renew it on the server (or check this machine's clock)", c.NotAfter.UTC().Format(time.RFC3339))
+		} else {
+			msg = "the relay's certificate has expired: renew it on the server (or check this machine's clock)"
+		}
+	case errors.As(err, &unknown), cfg.CAFile == "":
+		msg = "the relay's certificate is not trusted by this machine: pass --ca FILE (a --dev server's is DATA/dev-ca.pem)"
+	default:
+		msg = fmt.Sprintf("the relay's certificate is not trusted even with --ca %s: is that the server's CA?", cfg.CAFile)
+	}
+	return &certError{msg: msg + " (" + rootCause(err).Error() + ")", err: err}
+}
+
+func certNames(c *x509.Certificate) string {
+	if c == nil {
+		return "no name"
+	}
+	names := append([]string(nil), c.DNSNames...)
+	for _, ip := range c.IPAddresses {
+		names = append(names, ip.String())
+	}
+	if len(names) == 0 {
+		names = append(names, c.Subject.CommonName)
+	}
+	return strings.Join(names, ", ")
+}
+
+// rootCause is the innermost error of a chain (the last branch of a
+// joined one): for a certificate, TLS's own words.
+func rootCause(err error) error {
+	for {
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			next := u.Unwrap()
+			if next == nil {
+				return err
+			}
+			err = next
+		case interface{ Unwrap() []error }:
+			errs := u.Unwrap()
+			var next error
+			for i := len(errs) - 1; i >= 0; i-- { // "%w: %w" puts the cause last
+				if e := errs[i]; e != nil && e != net.ErrClosed {
+					next = e
+					break
+				}
+			}
+			if next == nil {
+				return err
+			}
+			err = next
+		default:
+			return err
+		}
+	}
 }

@@ -142,7 +142,7 @@ func (c *PayPalCerts) check(data []byte, now time.Time) (*x509.Certificate, erro
 		}
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrPayPalCert, err)
+			return nil, fmt.Errorf("%w: %w", ErrPayPalCert, err)
 		}
 		chain = append(chain, cert)
 	}
@@ -161,7 +161,7 @@ func (c *PayPalCerts) check(data []byte, now time.Time) (*x509.Certificate, erro
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	}
 	if _, err := leaf.Verify(opts); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrPayPalCert, err)
+		return nil, fmt.Errorf("%w: %w", ErrPayPalCert, err)
 	}
 	if !payPalSigningName(leaf) {
 		return nil, fmt.Errorf("%w: subject %q", ErrPayPalCert, leaf.Subject.String())

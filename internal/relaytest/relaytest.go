@@ -35,7 +35,10 @@ var Transports = []string{"quic", "tcp"}
 // the test ends. mods change the configuration before it starts.
 func StartServer(t testing.TB, mods ...func(*server.Config)) *server.Server {
 	t.Helper()
-	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), Heartbeat: time.Second}
+	// Liveness timings are the release defaults: a test under -race on a
+	// loaded machine can starve a goroutine for seconds, and only a test
+	// about noticing a dead peer should shorten them.
+	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir()}
 	for _, m := range mods {
 		m(&cfg)
 	}
@@ -162,9 +165,30 @@ func ProviderClient(t testing.TB, srv *server.Server) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return HTTPSClient(t, srv.Addr(), pem)
+}
+
+// ProviderClientHTTP1 is ProviderClient speaking HTTP/1.1 only, one
+// connection per request in flight. A burst test on a starved CPU needs it:
+// Go's HTTP/2 server drops a connection whose client has not acknowledged
+// its SETTINGS within two seconds (a constant), failing every request on it
+// for reasons that are not relay's.
+func ProviderClientHTTP1(t testing.TB, srv *server.Server) *http.Client {
+	t.Helper()
+	hc := ProviderClient(t, srv)
+	tr := hc.Transport.(*http.Transport)
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	tr.MaxIdleConnsPerHost = 256
+	return hc
+}
+
+// HTTPSClient trusts only the CA certificates in caPEM and sends every
+// connection to addr, whatever the URL's host: a provider for a relay
+// server that runs as a process.
+func HTTPSClient(t testing.TB, addr string, caPEM []byte) *http.Client {
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	addr := srv.Addr()
+	pool.AppendCertsFromPEM(caPEM)
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool},
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
