@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/relaytunnel/relay/internal/sqlitedb"
@@ -52,9 +54,13 @@ type Store struct {
 	db   *sql.DB
 	opt  Options
 	path string
-	adds atomic.Int64
-	// pruning lets one prune run at a time without making writers wait.
-	pruning atomic.Bool
+	// writer is the one connection recordings are written on. SQLite
+	// drops a connection's page cache whenever another connection has
+	// committed, so writing on whichever pooled connection is idle would
+	// read the table's pages from disk again for every batch.
+	writer *sql.Conn
+	wmu    sync.Mutex // one batch at a time on writer
+	adds   int64      // under wmu
 }
 
 // pruneEvery is how many additions pass between retention checks.
@@ -70,8 +76,12 @@ func Open(ctx context.Context, dir string, opt Options) (*Store, error) {
 		return nil, fmt.Errorf("open recordings: %w", err)
 	}
 	s := &Store{db: db, opt: opt.withDefaults(), path: path}
-	if _, err := s.Prune(ctx, time.Now()); err != nil {
+	if s.writer, err = db.Conn(ctx); err != nil {
 		db.Close()
+		return nil, fmt.Errorf("open recordings: %w", err)
+	}
+	if _, err := s.Prune(ctx, time.Now()); err != nil {
+		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -104,7 +114,10 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) BodyCap() int64 { return s.opt.BodyCap }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.writer.Close()
+	return s.db.Close()
+}
 
 var migrations = []string{
 	// 1: deliveries, and the event keys --dedup has forwarded.
@@ -170,8 +183,12 @@ func (s *Store) Add(ctx context.Context, d *Delivery) (int64, error) {
 
 // AddBatch records ds in one transaction and sets their ids: the agent's
 // recorder batches what arrives together, so a burst costs one commit.
+// Every pruneEvery additions the retention limits are applied in the same
+// transaction.
 func (s *Store) AddBatch(ctx context.Context, ds []*Delivery) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	tx, err := s.writer.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("record deliveries: %w", err)
 	}
@@ -182,7 +199,7 @@ func (s *Store) AddBatch(ctx context.Context, ds []*Delivery) error {
 	}
 	defer stmt.Close()
 	for _, d := range ds {
-		s.capBodies(d)
+		s.capRecording(d)
 		res, err := stmt.ExecContext(ctx, d.RelayID, d.ReplayOf, d.Kind, d.Outcome, d.Tunnel, d.Transport, d.Target,
 			d.Method, d.Host, d.Path, d.Query, d.RemoteAddr, headerJSON(d.RequestHeader), d.RequestBody.Data,
 			d.RequestBody.Size, d.RequestBody.Truncated, d.Status, headerJSON(d.ResponseHeader), d.ResponseBody.Data,
@@ -196,21 +213,35 @@ func (s *Store) AddBatch(ctx context.Context, ds []*Delivery) error {
 			return fmt.Errorf("record delivery: %w", err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("record deliveries: %w", err)
-	}
 	k := int64(len(ds))
-	if n := s.adds.Add(k); n/pruneEvery != (n-k)/pruneEvery {
-		if _, err := s.Prune(ctx, time.Now()); err != nil {
+	s.adds += k
+	if s.adds/pruneEvery != (s.adds-k)/pruneEvery {
+		if _, err := s.prune(ctx, tx, time.Now()); err != nil {
 			return err
 		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("record deliveries: %w", err)
 	}
 	return nil
 }
 
-// capBodies keeps stored bodies within the cap even when a caller handed
-// more, marking them truncated.
-func (s *Store) capBodies(d *Delivery) {
+// Recording caps beyond the body cap: strangers choose header sizes and
+// event ids, and each recording is kept for days.
+const (
+	// MaxRecordedHeaderBytes bounds the request or response header bytes
+	// one recording keeps; headers beyond it are left out and
+	// HeadersTruncated says how many bytes were.
+	MaxRecordedHeaderBytes = 64 << 10
+	// HeadersTruncated is added to a recorded header set that was cut.
+	HeadersTruncated = "X-Relay-Recording-Truncated"
+	// maxRecordedField bounds short text fields (event id, event, error).
+	maxRecordedField = 1 << 10
+)
+
+// capRecording keeps what is stored within the caps even when a caller
+// handed more, marking what it cut.
+func (s *Store) capRecording(d *Delivery) {
 	for _, b := range []*Body{&d.RequestBody, &d.ResponseBody} {
 		if int64(len(b.Data)) > s.opt.BodyCap {
 			b.Data, b.Truncated = b.Data[:s.opt.BodyCap], true
@@ -219,36 +250,73 @@ func (s *Store) capBodies(d *Delivery) {
 			b.Size = int64(len(b.Data))
 		}
 	}
+	d.RequestHeader = capHeader(d.RequestHeader)
+	d.ResponseHeader = capHeader(d.ResponseHeader)
+	for _, f := range []*string{&d.EventID, &d.Event, &d.Error, &d.SignatureReason} {
+		if len(*f) > maxRecordedField {
+			*f = (*f)[:maxRecordedField]
+		}
+	}
+}
+
+// capHeader is h, or a copy of it with the headers beyond
+// MaxRecordedHeaderBytes (in name order) left out.
+func capHeader(h http.Header) http.Header {
+	size := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			size += len(k) + len(v) + 4
+		}
+	}
+	if size <= MaxRecordedHeaderBytes {
+		return h
+	}
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make(http.Header, len(h))
+	kept := 0
+	for _, k := range keys {
+		for _, v := range h[k] {
+			if n := len(k) + len(v) + 4; kept+n <= MaxRecordedHeaderBytes {
+				out[k] = append(out[k], v)
+				kept += n
+			}
+		}
+	}
+	out.Set(HeadersTruncated, strconv.Itoa(size-kept)+" header bytes not recorded")
+	return out
 }
 
 // Prune applies the retention limits (count and age) and forgets dedup
 // keys older than the age limit. It returns how many deliveries went.
 func (s *Store) Prune(ctx context.Context, now time.Time) (int64, error) {
-	if !s.pruning.CompareAndSwap(false, true) {
-		return 0, nil
-	}
-	defer s.pruning.Store(false)
-	// Two statements, each on an index (received_at, the rowid): one
-	// with OR would scan the whole table on every prune.
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.prune(ctx, s.writer, now)
+}
+
+func (s *Store) prune(ctx context.Context, db interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, now time.Time) (int64, error) {
+	// Each statement walks an index (received_at, the rowid), never the
+	// table. Ids only grow and only the oldest rows are deleted, so the
+	// newest MaxCount recordings are those above max(id) - MaxCount.
 	cutoff := now.Add(-s.opt.MaxAge).UnixNano()
-	res, err := s.db.ExecContext(ctx, `DELETE FROM deliveries WHERE received_at < ?`, cutoff)
+	res, err := db.ExecContext(ctx, `DELETE FROM deliveries WHERE received_at < ?`, cutoff)
 	if err != nil {
 		return 0, fmt.Errorf("prune recordings: %w", err)
 	}
 	n, _ := res.RowsAffected()
-	var keepFrom int64
-	err = s.db.QueryRowContext(ctx, `SELECT id FROM deliveries ORDER BY id DESC LIMIT 1 OFFSET ?`, s.opt.MaxCount-1).Scan(&keepFrom)
-	if err == nil {
-		res, err := s.db.ExecContext(ctx, `DELETE FROM deliveries WHERE id < ?`, keepFrom)
-		if err != nil {
-			return n, fmt.Errorf("prune recordings: %w", err)
-		}
-		m, _ := res.RowsAffected()
-		n += m
-	} else if !errors.Is(err, sql.ErrNoRows) {
+	res, err = db.ExecContext(ctx, `DELETE FROM deliveries WHERE id <= (SELECT max(id) FROM deliveries) - ?`, s.opt.MaxCount)
+	if err != nil {
 		return n, fmt.Errorf("prune recordings: %w", err)
 	}
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE at < ?`, cutoff); err != nil {
+	m, _ := res.RowsAffected()
+	n += m
+	if _, err := db.ExecContext(ctx, `DELETE FROM seen WHERE at < ?`, cutoff); err != nil {
 		return n, fmt.Errorf("prune recordings: %w", err)
 	}
 	return n, nil
