@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"sync"
 	"time"
 
@@ -28,8 +30,6 @@ type keyLock struct {
 	mu      sync.Mutex
 	waiters int
 }
-
-type dedupKey struct{}
 
 func newDedup(store *record.Store, window time.Duration) *dedup {
 	return &dedup{store: store, window: window, locks: map[string]*keyLock{}, memory: map[string]time.Time{}}
@@ -90,4 +90,19 @@ func (d *dedup) mark(ctx context.Context, key string) {
 	if d.store != nil {
 		d.store.MarkSeen(context.WithoutCancel(ctx), key, now)
 	}
+}
+
+// maxEventKey bounds a dedup key: event ids come from strangers' headers,
+// and a key is kept in memory and on disk for the whole window.
+const maxEventKey = 200
+
+// eventKey is the dedup key of a provider's event; an id too long to keep
+// is kept as its SHA-256.
+func eventKey(provider, eventID string) string {
+	key := provider + ":" + eventID
+	if len(key) <= maxEventKey {
+		return key
+	}
+	sum := sha256.Sum256([]byte(eventID))
+	return provider + ":sha256:" + hex.EncodeToString(sum[:])
 }

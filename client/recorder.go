@@ -21,30 +21,34 @@ const Redacted = "[redacted by relay]"
 type recorder struct {
 	store   *record.Store
 	log     *slog.Logger
-	notify  func(*Delivery, int64)
 	mu      sync.RWMutex
 	running bool
-	ch      chan recItem
+	ch      chan *record.Delivery
 	done    chan struct{}
+	// recorded learns each new recording's id (the inspector's feed).
+	recorded func(id int64)
 }
 
-type recItem struct {
-	rd *record.Delivery
-	d  *Delivery // nil for replays
+// recorderBatch bounds one transaction; recorderLinger is how long the
+// first recording of a batch waits for company. At one delivery at a
+// time a transaction per delivery costs more than the delivery itself; a
+// few milliseconds later on disk (and in the inspector) costs nobody.
+const (
+	recorderBatch  = 256
+	recorderLinger = 10 * time.Millisecond
+)
+
+func newRecorder(store *record.Store, log *slog.Logger) *recorder {
+	return &recorder{store: store, log: log}
 }
 
-// recorderBatch bounds one transaction.
-const recorderBatch = 256
-
-func newRecorder(store *record.Store, log *slog.Logger, notify func(*Delivery, int64)) *recorder {
-	return &recorder{store: store, log: log, notify: notify}
-}
-
-// start begins writing in the background until stop.
-func (r *recorder) start() {
+// start begins writing in the background until stop; recorded, if not
+// nil, is told the id of every recording written.
+func (r *recorder) start(recorded func(id int64)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.ch = make(chan recItem, 1024)
+	r.recorded = recorded
+	r.ch = make(chan *record.Delivery, 1024)
 	r.done = make(chan struct{})
 	r.running = true
 	go r.run(r.ch, r.done)
@@ -65,115 +69,89 @@ func (r *recorder) stop() {
 }
 
 // add records rd in the background, or at once when not running.
-func (r *recorder) add(rd *record.Delivery, d *Delivery) {
+func (r *recorder) add(rd *record.Delivery) {
 	r.mu.RLock()
 	if r.running {
-		r.ch <- recItem{rd, d}
+		r.ch <- rd
 		r.mu.RUnlock()
 		return
 	}
 	r.mu.RUnlock()
-	r.write([]recItem{{rd, d}})
+	r.write([]*record.Delivery{rd})
 }
 
-func (r *recorder) run(ch <-chan recItem, done chan<- struct{}) {
+func (r *recorder) run(ch <-chan *record.Delivery, done chan<- struct{}) {
 	defer close(done)
-	batch := make([]recItem, 0, recorderBatch)
-	for it := range ch {
-		batch = append(batch[:0], it)
+	batch := make([]*record.Delivery, 0, recorderBatch)
+	linger := time.NewTimer(recorderLinger)
+	linger.Stop()
+	open := true
+	for open {
+		rd, ok := <-ch
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], rd)
+		linger.Reset(recorderLinger)
 	more:
 		for len(batch) < recorderBatch {
 			select {
-			case it, ok := <-ch:
+			case rd, ok := <-ch:
 				if !ok {
+					open = false
 					break more
 				}
-				batch = append(batch, it)
-			default:
+				batch = append(batch, rd)
+			case <-linger.C:
 				break more
 			}
 		}
+		linger.Stop()
 		r.write(batch)
 	}
 }
 
-func (r *recorder) write(batch []recItem) {
-	rds := make([]*record.Delivery, len(batch))
-	for i, it := range batch {
-		rds[i] = it.rd
-	}
+func (r *recorder) write(batch []*record.Delivery) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := r.store.AddBatch(ctx, rds); err != nil {
-		r.log.Warn("could not record deliveries", "count", len(rds), "err", err)
+	if err := r.store.AddBatch(ctx, batch); err != nil {
+		r.log.Warn("could not record deliveries", "count", len(batch), "err", err)
+		return
 	}
-	for _, it := range batch {
-		if it.d != nil {
-			it.d.RecordID = it.rd.ID
-		}
-		r.notify(it.d, it.rd.ID)
+	if r.recorded == nil {
+		return
+	}
+	for _, rd := range batch {
+		r.recorded(rd.ID)
 	}
 }
 
-// recording is d as the store keeps it.
-func (a *Agent) recording(d *Delivery) *record.Delivery {
-	r := d.Request
-	kind := record.KindLive
-	if d.Header.Queued {
-		kind = record.KindQueued
-	}
-	rd := &record.Delivery{
-		RelayID:         d.Header.ID,
-		Kind:            kind,
-		Outcome:         d.Outcome,
-		Tunnel:          a.Welcome().Name,
-		Transport:       d.Transport,
-		Target:          a.cfg.target.String(),
-		Method:          r.Method,
-		Host:            r.Host,
-		Path:            r.URL.EscapedPath(),
-		Query:           r.URL.RawQuery,
-		RemoteAddr:      d.Header.RemoteAddr,
-		RequestHeader:   redact(r.Header, a.cfg.Secrets),
-		RequestBody:     record.Body{Data: d.ReqBody, Size: d.ReqBytes, Truncated: d.ReqBodyTruncated},
-		Status:          d.Status,
-		ResponseHeader:  d.RespHeader,
-		ResponseBody:    record.Body{Data: d.RespBody, Size: d.RespBytes, Truncated: d.RespBodyTruncated},
-		Error:           d.Error,
-		Attempts:        d.Attempts,
-		StartedAt:       d.Started,
-		AnsweredAt:      d.Answered,
-		FinishedAt:      d.Finished,
-		Provider:        d.Provider.Provider,
-		Event:           d.Provider.Event,
-		EventID:         d.Provider.EventID,
-		Signature:       string(d.Verdict.Status),
-		SignatureReason: d.Verdict.Reason,
-		DuplicateOf:     d.DuplicateOf,
-	}
-	if d.Header.ReceivedAt != 0 {
-		rd.ReceivedAt = time.Unix(0, d.Header.ReceivedAt)
-	} else {
-		rd.ReceivedAt = d.Started
-	}
-	return rd
-}
-
-// redact copies h with every value equal to a configured secret replaced.
+// redact is h with every value equal to a configured secret replaced (a
+// copy when something is replaced), and without the empty User-Agent that
+// only keeps Go's default off the wire.
 func redact(h http.Header, secrets map[string]string) http.Header {
-	out := h.Clone()
-	if len(secrets) == 0 {
-		return out
+	if ua := h["User-Agent"]; len(ua) == 1 && ua[0] == "" {
+		delete(h, "User-Agent")
 	}
-	for k, vs := range out {
+	if len(secrets) == 0 {
+		return h
+	}
+	var out http.Header
+	for k, vs := range h {
 		for i, v := range vs {
 			for _, s := range secrets {
-				if s != "" && v == s {
-					vs[i] = Redacted
+				if s == "" || v != s {
+					continue
 				}
+				if out == nil {
+					out = h.Clone()
+				}
+				out[k][i] = Redacted
 			}
 		}
-		out[k] = vs
+	}
+	if out == nil {
+		return h
 	}
 	return out
 }
