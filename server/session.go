@@ -49,14 +49,22 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		MaxBody:         s.cfg.MaxBody,
 		HeartbeatMillis: s.cfg.Heartbeat.Milliseconds(),
 	}
+	// Registered before the Welcome leaves: an agent that has its Welcome
+	// is live, and a delivery right after must not be queued instead.
+	// Streams opened before the agent accepts any wait for it.
+	old := s.reg.put(t)
 	ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := protocol.WriteMessage(ctrl, protocol.FrameWelcome, w); err != nil {
 		log.Info("send welcome", "err", err)
+		s.reg.remove(t)
+		if old != nil {
+			s.reg.put(old) // the session it would have replaced lives on
+		}
 		return
 	}
 	ctrl.SetWriteDeadline(time.Time{})
 
-	if old := s.reg.put(t); old != nil {
+	if old != nil {
 		// The same token reconnecting: the network dropped and the old
 		// session has not noticed yet. The newest one wins.
 		// Deliveries already on the old session may finish there; new
