@@ -178,7 +178,7 @@ func (s *yamuxStream) Close() error {
 // ServerYamux starts the server side of a yamux session on an accepted TLS
 // connection that negotiated ALPN.
 func ServerYamux(conn net.Conn) (Session, error) {
-	ys, err := yamux.Server(conn, YamuxConfig())
+	ys, err := yamux.Server(joinFrames(conn), YamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
@@ -202,7 +202,7 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config) (Session, er
 		tc.Close()
 		return nil, fmt.Errorf("%w: server did not negotiate %s (got %q); is it a relay server?", ErrVersionMismatch, ALPN, p)
 	}
-	ys, err := yamux.Client(tc, YamuxConfig())
+	ys, err := yamux.Client(joinFrames(tc), YamuxConfig())
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("start yamux: %w", err)

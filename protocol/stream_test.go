@@ -122,11 +122,11 @@ func yamuxTLSSessions(t testing.TB) (Session, Session) {
 
 func yamuxPipeSessions(t testing.TB) (Session, Session) {
 	a, b := net.Pipe()
-	ys, err := yamux.Server(a, YamuxConfig())
+	ys, err := yamux.Server(joinFrames(a), YamuxConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	yc, err := yamux.Client(b, YamuxConfig())
+	yc, err := yamux.Client(joinFrames(b), YamuxConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,45 +367,55 @@ func BenchmarkRoundTrip(b *testing.B) {
 	body := []byte(`{"id":"evt_bench","type":"payment_intent.succeeded","data":{"pad":"` + strings.Repeat("x", 900) + `"}}`)
 	answer := []byte(`{"ok":true}`)
 	for _, tr := range streamTransports {
-		for _, c := range []int{1, 16} {
-			b.Run(fmt.Sprintf("%s/c=%d", tr.name, c), func(b *testing.B) {
-				server, agent := tr.open(b)
-				serveAgent(b, agent, func(in *Inbound) {
-					io.Copy(io.Discard, in.Request.Body)
-					in.Respond(&http.Response{
-						StatusCode: http.StatusOK, ProtoMajor: 1, ProtoMinor: 1,
-						Header:        http.Header{"Content-Type": {"application/json"}},
-						Body:          io.NopCloser(bytes.NewReader(answer)),
-						ContentLength: int64(len(answer)),
-					})
-				}, nil)
-				cpu := startCPU()
-				b.ReportAllocs()
-				b.ResetTimer()
-				var wg sync.WaitGroup
-				for w := range c {
-					n := b.N / c
-					if w < b.N%c {
-						n++
-					}
-					wg.Go(func() {
-						for range n {
-							req, _ := http.NewRequest(http.MethodPost, "http://bench.localhost/hook", bytes.NewReader(body))
-							req.Header.Set("Content-Type", "application/json")
-							resp, err := RoundTrip(context.Background(), server, Delivery{ID: "dlv_bench", ReceivedAt: 1}, req, time.Minute)
-							if err != nil {
-								b.Error(err)
-								return
-							}
-							io.Copy(io.Discard, resp.Body)
-							resp.Body.Close()
-						}
-					})
+		for _, kept := range []bool{true, false} {
+			for _, c := range []int{1, 16} {
+				name := fmt.Sprintf("%s/one-off/c=%d", tr.name, c)
+				if kept {
+					name = fmt.Sprintf("%s/kept/c=%d", tr.name, c)
 				}
-				wg.Wait()
-				b.StopTimer()
-				cpu.report(b)
-			})
+				b.Run(name, func(b *testing.B) {
+					server, agent := tr.open(b)
+					serveAgent(b, agent, func(in *Inbound) {
+						io.Copy(io.Discard, in.Request.Body)
+						in.Respond(&http.Response{
+							StatusCode: http.StatusOK, ProtoMajor: 1, ProtoMinor: 1,
+							Header:        http.Header{"Content-Type": {"application/json"}},
+							Body:          io.NopCloser(bytes.NewReader(answer)),
+							ContentLength: int64(len(answer)),
+						})
+					}, nil)
+					streams := NewStreams(server, 0)
+					if kept {
+						streams = NewStreams(server, DefaultMaxDeliveries/2)
+					}
+					cpu := startCPU()
+					b.ReportAllocs()
+					b.ResetTimer()
+					var wg sync.WaitGroup
+					for w := range c {
+						n := b.N / c
+						if w < b.N%c {
+							n++
+						}
+						wg.Go(func() {
+							for range n {
+								req, _ := http.NewRequest(http.MethodPost, "http://bench.localhost/hook", bytes.NewReader(body))
+								req.Header.Set("Content-Type", "application/json")
+								resp, err := streams.RoundTrip(context.Background(), Delivery{ID: "dlv_bench", ReceivedAt: 1}, req, time.Minute)
+								if err != nil {
+									b.Error(err)
+									return
+								}
+								io.Copy(io.Discard, resp.Body)
+								resp.Body.Close()
+							}
+						})
+					}
+					wg.Wait()
+					b.StopTimer()
+					cpu.report(b)
+				})
+			}
 		}
 	}
 }
