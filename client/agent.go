@@ -60,7 +60,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: r, ready: make(chan struct{}), fwd: newLocalApp(r), dedup: newDedup(r.Store, r.DedupWindow)}
+	a := &Agent{cfg: r, ready: make(chan struct{}), fwd: newLocalApp(r), dedup: newDedup(r.Store, r.DedupWindow, r.Logger)}
 	a.console.w = r.Console
 	if r.Store != nil {
 		a.rec = newRecorder(r.Store, r.Logger)

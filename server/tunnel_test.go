@@ -583,3 +583,73 @@ func TestASlowBodyIsAnswered408(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkDelivery is a provider's 1 KB JSON POST through the whole
+// relay: HTTPS to the edge, the tunnel, the agent recording it, a local
+// app, and back. Everything runs in this process, so cpu-µs/op and
+// allocs/op include the provider's client and the local app; compare runs
+// of this benchmark with each other, not with relay bench.
+func BenchmarkDelivery(b *testing.B) {
+	body := `{"id":"evt_bench","type":"payment_intent.succeeded","data":{"pad":"` + strings.Repeat("x", 900) + `"}}`
+	for _, tr := range relaytest.Transports {
+		for _, c := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/c=%d", tr, c), func(b *testing.B) {
+				srv := relaytest.StartServer(b)
+				app := relaytest.App(b, func(w http.ResponseWriter, r *http.Request) {
+					io.Copy(io.Discard, r.Body)
+					w.Header().Set("Content-Type", "application/json")
+					io.WriteString(w, `{"ok":true}`)
+				})
+				st, err := record.Open(context.Background(), b.TempDir(), record.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { st.Close() })
+				cfg := relaytest.AgentConfig(srv, tr, relaytest.CreateToken(b, srv, "bench"), "bench", app)
+				cfg.Store = st
+				relaytest.RunAgent(b, cfg)
+				hc := relaytest.ProviderClient(b, srv)
+				hc.Transport.(*http.Transport).ForceAttemptHTTP2 = false
+				url := relaytest.TunnelURL(srv, "bench", "/hook")
+				send := func() error {
+					resp, err := hc.Post(url, "application/json", strings.NewReader(body))
+					if err != nil {
+						return err
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						return fmt.Errorf("status %d", resp.StatusCode)
+					}
+					return nil
+				}
+				for range c { // connections and streams up before the clock starts
+					if err := send(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cpu := relaytest.StartCPU()
+				b.ReportAllocs()
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				for w := range c {
+					n := b.N / c
+					if w < b.N%c {
+						n++
+					}
+					wg.Go(func() {
+						for range n {
+							if err := send(); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				b.StopTimer()
+				cpu.Report(b)
+			})
+		}
+	}
+}

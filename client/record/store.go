@@ -183,11 +183,38 @@ func (s *Store) Add(ctx context.Context, d *Delivery) (int64, error) {
 
 // AddBatch records ds in one transaction and sets their ids: the agent's
 // recorder batches what arrives together, so a burst costs one commit.
-// Every pruneEvery additions the retention limits are applied in the same
-// transaction.
+// Every pruneEvery additions the retention limits are applied.
 func (s *Store) AddBatch(ctx context.Context, ds []*Delivery) error {
+	// Everything but the inserts is done before the write lock is taken:
+	// --dedup's marks wait for it, between the local app's answer and
+	// the answer to the relay.
+	rows := make([][]any, len(ds))
+	for i, d := range ds {
+		s.capRecording(d)
+		rows[i] = []any{d.RelayID, d.ReplayOf, d.Kind, d.Outcome, d.Tunnel, d.Transport, d.Target,
+			d.Method, d.Host, d.Path, d.Query, d.RemoteAddr, headerJSON(d.RequestHeader), d.RequestBody.Data,
+			d.RequestBody.Size, d.RequestBody.Truncated, d.Status, headerJSON(d.ResponseHeader), d.ResponseBody.Data,
+			d.ResponseBody.Size, d.ResponseBody.Truncated, d.Error, attemptsJSON(d.Attempts), len(d.Attempts),
+			nanos(d.ReceivedAt), nanos(d.StartedAt), nanos(d.AnsweredAt), nanos(d.FinishedAt),
+			d.Provider, d.Event, d.EventID, d.Signature, d.SignatureReason, d.DuplicateOf}
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if err := s.insert(ctx, ds, rows); err != nil {
+		return err
+	}
+	k := int64(len(ds))
+	s.adds += k
+	if s.adds/pruneEvery != (s.adds-k)/pruneEvery {
+		if _, err := s.prune(ctx, s.writer, time.Now()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// insert writes rows in one transaction and sets the ids of ds.
+func (s *Store) insert(ctx context.Context, ds []*Delivery, rows [][]any) error {
 	tx, err := s.writer.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("record deliveries: %w", err)
@@ -198,26 +225,13 @@ func (s *Store) AddBatch(ctx context.Context, ds []*Delivery) error {
 		return fmt.Errorf("record deliveries: %w", err)
 	}
 	defer stmt.Close()
-	for _, d := range ds {
-		s.capRecording(d)
-		res, err := stmt.ExecContext(ctx, d.RelayID, d.ReplayOf, d.Kind, d.Outcome, d.Tunnel, d.Transport, d.Target,
-			d.Method, d.Host, d.Path, d.Query, d.RemoteAddr, headerJSON(d.RequestHeader), d.RequestBody.Data,
-			d.RequestBody.Size, d.RequestBody.Truncated, d.Status, headerJSON(d.ResponseHeader), d.ResponseBody.Data,
-			d.ResponseBody.Size, d.ResponseBody.Truncated, d.Error, attemptsJSON(d.Attempts), len(d.Attempts),
-			nanos(d.ReceivedAt), nanos(d.StartedAt), nanos(d.AnsweredAt), nanos(d.FinishedAt),
-			d.Provider, d.Event, d.EventID, d.Signature, d.SignatureReason, d.DuplicateOf)
+	for i, d := range ds {
+		res, err := stmt.ExecContext(ctx, rows[i]...)
 		if err != nil {
 			return fmt.Errorf("record delivery: %w", err)
 		}
 		if d.ID, err = res.LastInsertId(); err != nil {
 			return fmt.Errorf("record delivery: %w", err)
-		}
-	}
-	k := int64(len(ds))
-	s.adds += k
-	if s.adds/pruneEvery != (s.adds-k)/pruneEvery {
-		if _, err := s.prune(ctx, tx, time.Now()); err != nil {
-			return err
 		}
 	}
 	if err := tx.Commit(); err != nil {
