@@ -63,7 +63,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: r, ready: make(chan struct{}), fwd: newLocalApp(r), dedup: newDedup(r.Store, r.DedupWindow, r.Logger)}
 	a.console.w = r.Console
 	if r.Store != nil {
-		a.rec = newRecorder(r.Store, r.Logger)
+		a.rec = newRecorder(r.Store, r.Logger, &a.console)
 	}
 	return a, nil
 }

@@ -124,8 +124,7 @@ func (a *Agent) serveStream(st protocol.Stream, transport string, busy *atomic.I
 			busy.Add(-1)
 		}
 		d.finished = time.Now()
-		a.report(d)
-		a.record(d)
+		a.record(d, a.report(d))
 		if !in.Kept() {
 			return
 		}
@@ -403,8 +402,8 @@ func (c *capture) body() record.Body {
 	return record.Body{Data: c.kept, Size: c.size, Truncated: c.size > int64(len(c.kept))}
 }
 
-// report prints the console line of one delivery.
-func (a *Agent) report(d *delivery) {
+// report is the console line of one delivery.
+func (a *Agent) report(d *delivery) string {
 	r := d.req
 	status := strconv.Itoa(d.status)
 	if d.status == 0 {
@@ -449,12 +448,14 @@ func (a *Agent) report(d *delivery) {
 		b.WriteString(" - " + d.err)
 	}
 	b.WriteByte('\n')
-	a.console.print(b.String())
+	return b.String()
 }
 
-// record hands d to the recorder, which writes it off the delivery path.
-func (a *Agent) record(d *delivery) {
+// record hands d and its console line to the recorder, which writes both
+// off the delivery path; without recordings the line is printed at once.
+func (a *Agent) record(d *delivery, line string) {
 	if a.rec == nil {
+		a.console.print(line)
 		return
 	}
 	r := d.req
@@ -491,7 +492,7 @@ func (a *Agent) record(d *delivery) {
 		Signature:       string(d.verdict.Status),
 		SignatureReason: d.verdict.Reason,
 		DuplicateOf:     d.duplicateOf,
-	})
+	}, line)
 }
 
 // refusedByRelay shows on the console, and records, the deliveries the
@@ -510,9 +511,10 @@ func (a *Agent) refusedByRelay(n *protocol.Notice) {
 			status: rf.Status, err: rf.Message, outcome: record.OutcomeRefused, refusedBy: "relay",
 			started: at, finished: at, receivedAt: at, relayID: rf.ID, remoteAddr: rf.RemoteAddr,
 		}
-		a.report(d)
-		if rf.Status != http.StatusBadRequest {
-			a.record(d)
+		if line := a.report(d); rf.Status != http.StatusBadRequest {
+			a.record(d, line)
+		} else {
+			a.console.print(line)
 		}
 	}
 	if n.Dropped > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,13 +18,15 @@ const Redacted = "[redacted by relay]"
 
 // recorder writes recordings off the delivery path: deliveries that end
 // together are written in one transaction, and the answer to the provider
-// never waits for the disk.
+// never waits for the disk. Their console lines go out with them, in one
+// write.
 type recorder struct {
 	store   *record.Store
 	log     *slog.Logger
+	console *console
 	mu      sync.RWMutex
 	running bool
-	ch      chan *record.Delivery
+	ch      chan recItem
 	done    chan struct{}
 	// recorded learns each new recording's id (the inspector's feed).
 	recorded func(id int64)
@@ -38,8 +41,14 @@ const (
 	recorderLinger = 10 * time.Millisecond
 )
 
-func newRecorder(store *record.Store, log *slog.Logger) *recorder {
-	return &recorder{store: store, log: log}
+// recItem is one recording and its console line.
+type recItem struct {
+	rd   *record.Delivery
+	line string
+}
+
+func newRecorder(store *record.Store, log *slog.Logger, console *console) *recorder {
+	return &recorder{store: store, log: log, console: console}
 }
 
 // start begins writing in the background until stop; recorded, if not
@@ -48,7 +57,7 @@ func (r *recorder) start(recorded func(id int64)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.recorded = recorded
-	r.ch = make(chan *record.Delivery, 1024)
+	r.ch = make(chan recItem, 1024)
 	r.done = make(chan struct{})
 	r.running = true
 	go r.run(r.ch, r.done)
@@ -68,40 +77,41 @@ func (r *recorder) stop() {
 	<-done
 }
 
-// add records rd in the background, or at once when not running.
-func (r *recorder) add(rd *record.Delivery) {
+// add records rd and prints its console line in the background, or at
+// once when not running.
+func (r *recorder) add(rd *record.Delivery, line string) {
 	r.mu.RLock()
 	if r.running {
-		r.ch <- rd
+		r.ch <- recItem{rd, line}
 		r.mu.RUnlock()
 		return
 	}
 	r.mu.RUnlock()
-	r.write([]*record.Delivery{rd})
+	r.write([]recItem{{rd, line}})
 }
 
-func (r *recorder) run(ch <-chan *record.Delivery, done chan<- struct{}) {
+func (r *recorder) run(ch <-chan recItem, done chan<- struct{}) {
 	defer close(done)
-	batch := make([]*record.Delivery, 0, recorderBatch)
+	batch := make([]recItem, 0, recorderBatch)
 	linger := time.NewTimer(recorderLinger)
 	linger.Stop()
 	open := true
 	for open {
-		rd, ok := <-ch
+		it, ok := <-ch
 		if !ok {
 			return
 		}
-		batch = append(batch[:0], rd)
+		batch = append(batch[:0], it)
 		linger.Reset(recorderLinger)
 	more:
 		for len(batch) < recorderBatch {
 			select {
-			case rd, ok := <-ch:
+			case it, ok := <-ch:
 				if !ok {
 					open = false
 					break more
 				}
-				batch = append(batch, rd)
+				batch = append(batch, it)
 			case <-linger.C:
 				break more
 			}
@@ -111,17 +121,24 @@ func (r *recorder) run(ch <-chan *record.Delivery, done chan<- struct{}) {
 	}
 }
 
-func (r *recorder) write(batch []*record.Delivery) {
+func (r *recorder) write(batch []recItem) {
+	var lines strings.Builder
+	rds := make([]*record.Delivery, len(batch))
+	for i, it := range batch {
+		lines.WriteString(it.line)
+		rds[i] = it.rd
+	}
+	r.console.print(lines.String())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := r.store.AddBatch(ctx, batch); err != nil {
-		r.log.Warn("could not record deliveries", "count", len(batch), "err", err)
+	if err := r.store.AddBatch(ctx, rds); err != nil {
+		r.log.Warn("could not record deliveries", "count", len(rds), "err", err)
 		return
 	}
 	if r.recorded == nil {
 		return
 	}
-	for _, rd := range batch {
+	for _, rd := range rds {
 		r.recorded(rd.ID)
 	}
 }
