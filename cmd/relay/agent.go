@@ -164,8 +164,8 @@ func checkInspectAddr(addr string) error {
 // agentProcs runs the agent on one P unless GOMAXPROCS says otherwise.
 // Its work per delivery is small and mostly waiting; with a P per core,
 // idle Ps spin and wake threads for every hand-off between goroutines.
-// Measured on 2 cores beside its local app (tmp profiles, c=1/16/128):
-// 15-25% less CPU per delivery, the same throughput at 16 and 128 at once.
+// Measured on 2 cores beside the relay server and the local app: 10-20%
+// less CPU per delivery, and the same throughput at 16 and 128 at once.
 func agentProcs() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
