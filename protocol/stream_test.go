@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -576,3 +577,54 @@ func BenchmarkLargeBody(b *testing.B) {
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// byteStream is a Stream that reads from fixed bytes and swallows writes.
+type byteStream struct {
+	*bytes.Reader
+}
+
+func (byteStream) Write(p []byte) (int, error)      { return len(p), nil }
+func (byteStream) Close() error                     { return nil }
+func (byteStream) CloseWrite() error                { return nil }
+func (byteStream) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (byteStream) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (byteStream) SetDeadline(time.Time) error      { return nil }
+func (byteStream) SetReadDeadline(time.Time) error  { return nil }
+func (byteStream) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzReadInbound feeds the agent's stream decoder (frame, then request or
+// notice) whatever a server could send: it must fail cleanly, never panic
+// or read past its input, and a delivery's body must end.
+func FuzzReadInbound(f *testing.F) {
+	var seed bytes.Buffer
+	bw := bufio.NewWriter(&seed)
+	writeFrameTo(bw, FrameDelivery, Delivery{ID: "dlv_1", ReceivedAt: 1})
+	req, _ := http.NewRequest(http.MethodPost, "http://x.localhost/hook?a=1", strings.NewReader(`{"id":"evt_1"}`))
+	req.Write(bw)
+	bw.Flush()
+	f.Add(seed.Bytes())
+	var chunked bytes.Buffer
+	bw = bufio.NewWriter(&chunked)
+	writeFrameTo(bw, FrameDelivery, Delivery{ID: "dlv_2"})
+	io.WriteString(bw, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+	bw.Flush()
+	f.Add(chunked.Bytes())
+	var notice bytes.Buffer
+	bw = bufio.NewWriter(&notice)
+	writeFrameTo(bw, FrameNotice, Notice{Refused: []Refusal{{ID: "d", Method: "POST", URI: "/", Status: 413}}})
+	bw.Flush()
+	f.Add(notice.Bytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		in, err := ReadInbound(byteStream{bytes.NewReader(b)})
+		if err != nil {
+			return
+		}
+		if in.Request != nil {
+			n, _ := io.Copy(io.Discard, in.Request.Body)
+			if n > int64(len(b)) {
+				t.Fatalf("read a %d-byte body from %d bytes", n, len(b))
+			}
+			in.Abort()
+		}
+	})
+}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -49,3 +51,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 type exitCoder interface{ ExitCode() int }
+
+// routeStdLog sends what libraries print with the log package to l, as
+// warnings: net/http's Transport writes "Unsolicited response received on
+// idle HTTP channel" there when a local app answers twice, and it used to
+// land raw on the agent's console.
+func routeStdLog(l *slog.Logger) {
+	log.SetFlags(0)
+	log.SetOutput(slog.NewLogLogger(l.Handler(), slog.LevelWarn).Writer())
+}
