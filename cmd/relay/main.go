@@ -52,11 +52,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 type exitCoder interface{ ExitCode() int }
 
-// routeStdLog sends what libraries print with the log package to l, as
-// warnings: net/http's Transport writes "Unsolicited response received on
-// idle HTTP channel" there when a local app answers twice, and it used to
-// land raw on the agent's console.
+// routeStdLog sends what libraries print with the log package to l, at
+// debug level: net/http's Transport writes "Unsolicited response received
+// on idle HTTP channel" there when a local app answers twice, and it used
+// to land raw on the agent's console; net/http servers without an
+// ErrorLog write TLS handshake errors there.
 func routeStdLog(l *slog.Logger) {
 	log.SetFlags(0)
-	log.SetOutput(slog.NewLogLogger(l.Handler(), slog.LevelWarn).Writer())
+	log.SetOutput(slog.NewLogLogger(l.Handler(), slog.LevelDebug).Writer())
 }
