@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"io"
 	"net"
@@ -569,6 +570,15 @@ func TestRecordingsAreCappedWhereStrangersChooseTheSize(t *testing.T) {
 	}
 	if len(got) != 0 {
 		t.Error("the app got the duplicate")
+	}
+	db, err := sql.Open("sqlite", st.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var longest int
+	if err := db.QueryRow(`SELECT max(length(key)) FROM seen`).Scan(&longest); err != nil || longest > 256 {
+		t.Errorf("the longest --dedup key kept is %d bytes (%v), want a short one", longest, err)
 	}
 }
 
