@@ -6,12 +6,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -652,4 +657,113 @@ func BenchmarkDelivery(b *testing.B) {
 			})
 		}
 	}
+}
+
+// TestAFloodOfStalledUploadsLeavesTheAgentsMemoryAlone is the security
+// probe's attack on the real binaries: 1,500 provider connections that
+// declare a megabyte body and send a byte (then, a second wave, 70 KiB)
+// and stall. The agent used to reserve a buffer the declared size for
+// each: 1.5 GiB. Now it buffers what arrives, at most the tunnel's cap at
+// once, and the tunnel keeps serving.
+func TestAFloodOfStalledUploadsLeavesTheAgentsMemoryAlone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds relay and runs processes")
+	}
+	bin := relaytest.BuildRelay(t)
+	dir := t.TempDir()
+	data := dir + "/server"
+	out, err := exec.Command(bin, "token", "create", "--name", "flood", "--data", data).CombinedOutput()
+	if err != nil {
+		t.Fatalf("token create: %v %s", err, out)
+	}
+	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	port := relaytest.FreePort(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	start := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(bin, args...)
+		log := &relaytest.Buffer{}
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			if t.Failed() {
+				t.Logf("%s:\n%s", args[0], log.String())
+			}
+		})
+		return cmd
+	}
+	start("server", "--dev", "--listen", listen, "--data", data)
+	relaytest.WaitListening(t, listen)
+	app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })
+	agent := start("connect", app, "--server", listen, "--token", token, "--name", "flood", "--ca", data+"/dev-ca.pem",
+		"--transport", "tcp", "--data", dir+"/agent", "--inspect", "")
+
+	pem, err := os.ReadFile(data + "/dev-ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	conf := &tls.Config{RootCAs: pool, ServerName: "flood.localhost", NextProtos: []string{"http/1.1"}}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: conf,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, listen)
+		}}}
+	url := fmt.Sprintf("https://flood.localhost:%d/ok", port)
+	relaytest.WaitFor(t, "the tunnel to serve", func() bool {
+		resp, err := hc.Post(url, "text/plain", strings.NewReader("x"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	before := rssMiB(t, agent.Process.Pid)
+	for _, wave := range []struct {
+		name string
+		body string
+	}{{"one byte each", "a"}, {"70 KiB each", strings.Repeat("a", 70<<10)}} {
+		conns := make([]*tls.Conn, 0, 1500)
+		for range 1500 {
+			c, err := tls.Dial("tcp", listen, conf)
+			if err != nil {
+				t.Fatalf("%s: connection %d: %v", wave.name, len(conns), err)
+			}
+			conns = append(conns, c)
+			fmt.Fprintf(c, "POST /x HTTP/1.1\r\nHost: flood.localhost:%d\r\nContent-Length: 1000000\r\n\r\n%s", port, wave.body)
+		}
+		// The tunnel still serves while they stall.
+		resp, err := hc.Post(url, "text/plain", strings.NewReader("x"))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: a delivery during the flood: %v %v", wave.name, resp, err)
+		}
+		resp.Body.Close()
+		after := rssMiB(t, agent.Process.Pid)
+		t.Logf("%s: agent RSS %.0f MiB before, %.0f MiB with 1,500 stalled uploads", wave.name, before, after)
+		if after > 100 {
+			t.Errorf("%s: agent RSS %.0f MiB, want under 100", wave.name, after)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+}
+
+// rssMiB is a process's resident set size.
+func rssMiB(t *testing.T, pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Skipf("no /proc here: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }
