@@ -97,8 +97,8 @@ const inlineBody = 64 << 10
 // life on the stream. Their size bounds what one stream buffers; bodies
 // pass through them, never whole.
 var (
-	bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
-	bufReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+	bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	bufReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 )
 
 func getWriter(w io.Writer) *bufio.Writer {
