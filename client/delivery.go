@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +32,6 @@ import (
 
 // delivery is what the agent saw of one delivery.
 type delivery struct {
-	hdr       protocol.Delivery
 	transport string
 	req       *http.Request // the request as it arrived; its body is consumed
 
@@ -109,7 +109,7 @@ func (a *Agent) serveStream(st protocol.Stream, transport string, busy *atomic.I
 			return
 		}
 		d := &delivery{
-			hdr: in.Delivery, transport: transport, req: in.Request, started: in.Started,
+			transport: transport, req: in.Request, started: in.Started,
 			outcome: record.OutcomeForwarded, queued: in.Delivery.Queued, relayID: in.Delivery.ID,
 			remoteAddr: in.Delivery.RemoteAddr, receivedAt: in.Started,
 		}
@@ -249,20 +249,26 @@ func (a *Agent) refuseBusy(in *protocol.Inbound, d *delivery) {
 
 // readPrefix reads up to limit bytes of body; whole says it ended within
 // them. The buffer grows with the bytes that arrive, never from a length
-// the sender declared.
+// the sender declared, and never past limit+1.
 func readPrefix(body io.Reader, limit int64) (prefix []byte, whole bool, err error) {
 	if body == nil || body == http.NoBody {
 		return nil, true, nil
 	}
-	var buf bytes.Buffer
-	n, err := buf.ReadFrom(io.LimitReader(body, limit+1))
-	if err != nil {
-		return nil, false, err
+	buf := make([]byte, 0, 512)
+	for int64(len(buf)) <= limit {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, int(min(int64(cap(buf)), limit+1-int64(len(buf)))))
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, true, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
 	}
-	if n <= limit {
-		return buf.Bytes(), true, nil
-	}
-	return buf.Bytes(), false, nil
+	return buf, false, nil
 }
 
 // outgoing is the request for the local app: the provider's, minus

@@ -332,6 +332,9 @@ func (e *edge) logDelivery(t *tunnel, r *http.Request, status int, start time.Ti
 // time carries what has gathered, so a flood of refusals costs the agent a
 // trickle of streams.
 func (e *edge) tell(t *tunnel, rf protocol.Refusal) {
+	if e.s.ctx.Err() != nil {
+		return // shutting down: the sessions are going
+	}
 	l := &t.load
 	l.mu.Lock()
 	defer l.mu.Unlock()
