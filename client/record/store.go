@@ -75,10 +75,9 @@ func Open(ctx context.Context, dir string, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open recordings: %w", err)
 	}
-	s := &Store{db: db, opt: opt.withDefaults(), path: path}
-	if s.writer, err = db.Conn(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open recordings: %w", err)
+	s, err := newStore(ctx, db, opt, path)
+	if err != nil {
+		return nil, err
 	}
 	if _, err := s.Prune(ctx, time.Now()); err != nil {
 		s.Close()
@@ -104,7 +103,18 @@ func OpenExisting(ctx context.Context, dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open recordings: %w", err)
 	}
-	return &Store{db: db, opt: Options{}.withDefaults(), path: path}, nil
+	return newStore(ctx, db, Options{}, path)
+}
+
+// newStore holds the write path's connection of db.
+func newStore(ctx context.Context, db *sql.DB, opt Options, path string) (*Store, error) {
+	s := &Store{db: db, opt: opt.withDefaults(), path: path}
+	var err error
+	if s.writer, err = db.Conn(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open recordings: %w", err)
+	}
+	return s, nil
 }
 
 // Path is the database file.
