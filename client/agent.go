@@ -28,9 +28,11 @@ var ErrReplaced = errors.New("another agent with the same token took over this t
 
 // Agent keeps one tunnel up and forwards its deliveries.
 type Agent struct {
-	cfg *resolved
-	fwd *forwarder
-	ln  *protocol.StreamListener
+	cfg      *resolved
+	fwd      *localApp
+	dedup    *dedup
+	console  console
+	inflight sync.WaitGroup // deliveries being handled (delivery.go)
 
 	mu      sync.Mutex
 	welcome protocol.Welcome
@@ -43,9 +45,6 @@ type Agent struct {
 
 	rec *recorder // nil without a store
 
-	// OnDelivery, when set before Run, is called after every delivery
-	// (once it is recorded, when there is a store).
-	OnDelivery func(*Delivery)
 	// OnRecorded, when set before Run, is called with the id of every
 	// recording the agent writes, replays included (the inspector's feed).
 	OnRecorded func(id int64)
@@ -68,10 +67,10 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: r, ready: make(chan struct{}), ln: protocol.NewStreamListener()}
-	a.fwd = newForwarder(r, a.onDelivery)
+	a := &Agent{cfg: r, ready: make(chan struct{}), fwd: newLocalApp(r), dedup: newDedup(r.Store, r.DedupWindow, r.Logger)}
+	a.console.w = r.Console
 	if r.Store != nil {
-		a.rec = newRecorder(r.Store, r.Logger, a.recorded)
+		a.rec = newRecorder(r.Store, r.Logger, &a.console)
 	}
 	return a, nil
 }
@@ -102,23 +101,15 @@ func (a *Agent) Transport() string {
 // untrusted certificate should be said at once, not retried forever.
 func (a *Agent) Run(ctx context.Context) error {
 	if a.rec != nil {
-		a.rec.start()
-		// Deliveries are all answered (the server below has shut down)
-		// before the last recordings are written.
+		a.rec.start(a.OnRecorded)
+		// Deliveries are all answered (waited for below) before the last
+		// recordings are written.
 		defer a.rec.stop()
 	}
-	srvDone := make(chan struct{})
-	go func() {
-		defer close(srvDone)
-		a.fwd.serve(a.ln)
-	}()
 	defer func() {
-		a.ln.Close()
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		a.fwd.shutdown(sctx)
-		cancel()
-		<-srvDone
 		a.sessions.Wait()
+		a.waitDeliveries(10 * time.Second)
+		a.fwd.transport.CloseIdleConnections()
 	}()
 
 	connected := false
@@ -439,7 +430,7 @@ func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
 	a.sessions.Add(1)
 	go func() {
 		defer a.sessions.Done()
-		a.ln.AcceptDeliveries(sess)
+		a.acceptDeliveries(sess)
 	}()
 
 	sctx, cancel := context.WithCancel(ctx)
@@ -534,18 +525,8 @@ func (a *Agent) probeQUIC(ctx context.Context, out chan<- *link) {
 	}
 }
 
-// recorded is the recorder's notice that a recording was written.
-func (a *Agent) recorded(d *Delivery, id int64) {
-	if d != nil && a.OnDelivery != nil {
-		a.OnDelivery(d)
-	}
-	if a.OnRecorded != nil && id != 0 {
-		a.OnRecorded(id)
-	}
-}
-
 func (a *Agent) say(format string, args ...any) {
-	fmt.Fprintf(a.cfg.Console, "%s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+	a.console.print(time.Now().Format("15:04:05") + " " + fmt.Sprintf(format, args...) + "\n")
 }
 
 // isCertificateError reports whether err is TLS refusing the server's

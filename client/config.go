@@ -20,6 +20,7 @@ import (
 
 	"github.com/relaytunnel/relay/client/record"
 	"github.com/relaytunnel/relay/internal/provider"
+	"github.com/relaytunnel/relay/protocol"
 )
 
 // Config is everything an agent needs; flags only fill it.
@@ -69,6 +70,10 @@ type Config struct {
 	// Retry keeps resending a delivery the local app refused or answered
 	// with a 5xx, with backoff, for at most this long (0: no retries).
 	Retry time.Duration
+	// MaxDeliveries caps the deliveries one session handles at once;
+	// beyond it the agent answers 503 without forwarding (default
+	// protocol.DefaultMaxDeliveries, what the relay allows a tunnel).
+	MaxDeliveries int
 	// NoQueue asks the relay not to queue deliveries while this agent is
 	// offline: providers get 503 and retry by themselves.
 	NoQueue bool
@@ -131,6 +136,9 @@ func (c Config) resolve() (*resolved, error) {
 	}
 	if c.Version == "" {
 		c.Version = "dev"
+	}
+	if c.MaxDeliveries <= 0 {
+		c.MaxDeliveries = protocol.DefaultMaxDeliveries
 	}
 	if c.DedupWindow <= 0 {
 		c.DedupWindow = DefaultDedupWindow

@@ -2,6 +2,9 @@ package client
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -18,6 +21,7 @@ const DefaultDedupWindow = 24 * time.Hour
 type dedup struct {
 	store  *record.Store // nil: memory only
 	window time.Duration
+	log    *slog.Logger
 
 	mu     sync.Mutex
 	locks  map[string]*keyLock
@@ -29,10 +33,8 @@ type keyLock struct {
 	waiters int
 }
 
-type dedupKey struct{}
-
-func newDedup(store *record.Store, window time.Duration) *dedup {
-	return &dedup{store: store, window: window, locks: map[string]*keyLock{}, memory: map[string]time.Time{}}
+func newDedup(store *record.Store, window time.Duration, log *slog.Logger) *dedup {
+	return &dedup{store: store, window: window, log: log, locks: map[string]*keyLock{}, memory: map[string]time.Time{}}
 }
 
 // lock serialises deliveries of key; call the returned func when done.
@@ -69,6 +71,9 @@ func (d *dedup) seen(ctx context.Context, key string) bool {
 		return false
 	}
 	seen, err := d.store.Seen(ctx, key, since)
+	if err != nil {
+		d.log.Warn("--dedup could not look up an event; forwarding it", "key", key, "err", err)
+	}
 	return err == nil && seen
 }
 
@@ -88,6 +93,23 @@ func (d *dedup) mark(ctx context.Context, key string) {
 	}
 	d.mu.Unlock()
 	if d.store != nil {
-		d.store.MarkSeen(context.WithoutCancel(ctx), key, now)
+		if err := d.store.MarkSeen(context.WithoutCancel(ctx), key, now); err != nil {
+			d.log.Warn("--dedup could not note a forwarded event; a redelivery after a restart would pass", "key", key, "err", err)
+		}
 	}
+}
+
+// maxEventKey bounds a dedup key: event ids come from strangers' headers,
+// and a key is kept in memory and on disk for the whole window.
+const maxEventKey = 200
+
+// eventKey is the dedup key of a provider's event; an id too long to keep
+// is kept as its SHA-256.
+func eventKey(provider, eventID string) string {
+	key := provider + ":" + eventID
+	if len(key) <= maxEventKey {
+		return key
+	}
+	sum := sha256.Sum256([]byte(eventID))
+	return provider + ":sha256:" + hex.EncodeToString(sum[:])
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,33 +18,45 @@ const Redacted = "[redacted by relay]"
 
 // recorder writes recordings off the delivery path: deliveries that end
 // together are written in one transaction, and the answer to the provider
-// never waits for the disk.
+// never waits for the disk. Their console lines go out with them, in one
+// write.
 type recorder struct {
 	store   *record.Store
 	log     *slog.Logger
-	notify  func(*Delivery, int64)
+	console *console
 	mu      sync.RWMutex
 	running bool
 	ch      chan recItem
 	done    chan struct{}
+	// recorded learns each new recording's id (the inspector's feed).
+	recorded func(id int64)
 }
 
+// recorderBatch bounds one transaction; recorderLinger is how long the
+// first recording of a batch waits for company. At one delivery at a
+// time a transaction per delivery costs more than the delivery itself; a
+// few milliseconds later on disk (and in the inspector) costs nobody.
+const (
+	recorderBatch  = 256
+	recorderLinger = 10 * time.Millisecond
+)
+
+// recItem is one recording and its console line.
 type recItem struct {
-	rd *record.Delivery
-	d  *Delivery // nil for replays
+	rd   *record.Delivery
+	line string
 }
 
-// recorderBatch bounds one transaction.
-const recorderBatch = 256
-
-func newRecorder(store *record.Store, log *slog.Logger, notify func(*Delivery, int64)) *recorder {
-	return &recorder{store: store, log: log, notify: notify}
+func newRecorder(store *record.Store, log *slog.Logger, console *console) *recorder {
+	return &recorder{store: store, log: log, console: console}
 }
 
-// start begins writing in the background until stop.
-func (r *recorder) start() {
+// start begins writing in the background until stop; recorded, if not
+// nil, is told the id of every recording written.
+func (r *recorder) start(recorded func(id int64)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.recorded = recorded
 	r.ch = make(chan recItem, 1024)
 	r.done = make(chan struct{})
 	r.running = true
@@ -64,116 +77,98 @@ func (r *recorder) stop() {
 	<-done
 }
 
-// add records rd in the background, or at once when not running.
-func (r *recorder) add(rd *record.Delivery, d *Delivery) {
+// add records rd and prints its console line in the background, or at
+// once when not running.
+func (r *recorder) add(rd *record.Delivery, line string) {
 	r.mu.RLock()
 	if r.running {
-		r.ch <- recItem{rd, d}
+		r.ch <- recItem{rd, line}
 		r.mu.RUnlock()
 		return
 	}
 	r.mu.RUnlock()
-	r.write([]recItem{{rd, d}})
+	r.write([]recItem{{rd, line}})
 }
 
 func (r *recorder) run(ch <-chan recItem, done chan<- struct{}) {
 	defer close(done)
 	batch := make([]recItem, 0, recorderBatch)
-	for it := range ch {
+	linger := time.NewTimer(recorderLinger)
+	linger.Stop()
+	open := true
+	for open {
+		it, ok := <-ch
+		if !ok {
+			return
+		}
 		batch = append(batch[:0], it)
+		linger.Reset(recorderLinger)
 	more:
 		for len(batch) < recorderBatch {
 			select {
 			case it, ok := <-ch:
 				if !ok {
+					open = false
 					break more
 				}
 				batch = append(batch, it)
-			default:
+			case <-linger.C:
 				break more
 			}
 		}
+		linger.Stop()
 		r.write(batch)
 	}
 }
 
 func (r *recorder) write(batch []recItem) {
+	var lines strings.Builder
 	rds := make([]*record.Delivery, len(batch))
 	for i, it := range batch {
+		lines.WriteString(it.line)
 		rds[i] = it.rd
 	}
+	r.console.print(lines.String())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := r.store.AddBatch(ctx, rds); err != nil {
 		r.log.Warn("could not record deliveries", "count", len(rds), "err", err)
+		return
 	}
-	for _, it := range batch {
-		if it.d != nil {
-			it.d.RecordID = it.rd.ID
-		}
-		r.notify(it.d, it.rd.ID)
+	if r.recorded == nil {
+		return
+	}
+	for _, rd := range rds {
+		r.recorded(rd.ID)
 	}
 }
 
-// recording is d as the store keeps it.
-func (a *Agent) recording(d *Delivery) *record.Delivery {
-	r := d.Request
-	kind := record.KindLive
-	if d.Header.Queued {
-		kind = record.KindQueued
-	}
-	rd := &record.Delivery{
-		RelayID:         d.Header.ID,
-		Kind:            kind,
-		Outcome:         d.Outcome,
-		Tunnel:          a.Welcome().Name,
-		Transport:       d.Transport,
-		Target:          a.cfg.target.String(),
-		Method:          r.Method,
-		Host:            r.Host,
-		Path:            r.URL.EscapedPath(),
-		Query:           r.URL.RawQuery,
-		RemoteAddr:      d.Header.RemoteAddr,
-		RequestHeader:   redact(r.Header, a.cfg.Secrets),
-		RequestBody:     record.Body{Data: d.ReqBody, Size: d.ReqBytes, Truncated: d.ReqBodyTruncated},
-		Status:          d.Status,
-		ResponseHeader:  d.RespHeader,
-		ResponseBody:    record.Body{Data: d.RespBody, Size: d.RespBytes, Truncated: d.RespBodyTruncated},
-		Error:           d.Error,
-		Attempts:        d.Attempts,
-		StartedAt:       d.Started,
-		AnsweredAt:      d.Answered,
-		FinishedAt:      d.Finished,
-		Provider:        d.Provider.Provider,
-		Event:           d.Provider.Event,
-		EventID:         d.Provider.EventID,
-		Signature:       string(d.Verdict.Status),
-		SignatureReason: d.Verdict.Reason,
-		DuplicateOf:     d.DuplicateOf,
-	}
-	if d.Header.ReceivedAt != 0 {
-		rd.ReceivedAt = time.Unix(0, d.Header.ReceivedAt)
-	} else {
-		rd.ReceivedAt = d.Started
-	}
-	return rd
-}
-
-// redact copies h with every value equal to a configured secret replaced.
+// redact is h with every value equal to a configured secret replaced (a
+// copy when something is replaced), and without the empty User-Agent that
+// only keeps Go's default off the wire.
 func redact(h http.Header, secrets map[string]string) http.Header {
-	out := h.Clone()
-	if len(secrets) == 0 {
-		return out
+	if ua := h["User-Agent"]; len(ua) == 1 && ua[0] == "" {
+		delete(h, "User-Agent")
 	}
-	for k, vs := range out {
+	if len(secrets) == 0 {
+		return h
+	}
+	var out http.Header
+	for k, vs := range h {
 		for i, v := range vs {
 			for _, s := range secrets {
-				if s != "" && v == s {
-					vs[i] = Redacted
+				if s == "" || v != s {
+					continue
 				}
+				if out == nil {
+					out = h.Clone()
+				}
+				out[k][i] = Redacted
 			}
 		}
-		out[k] = vs
+	}
+	if out == nil {
+		return h
 	}
 	return out
 }

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/relaytunnel/relay/client/record"
 	"github.com/relaytunnel/relay/internal/provider"
 	"github.com/relaytunnel/relay/internal/relaytest"
+	"github.com/relaytunnel/relay/server"
 )
 
 // recordingAgent runs an agent that records into st and returns the ids
@@ -481,6 +483,135 @@ func TestNoQueueMakesAnOfflineTunnelAnswer503(t *testing.T) {
 			}
 			if tt.want == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "" {
 				t.Error("503 without Retry-After")
+			}
+		})
+	}
+}
+
+// TestRefusalsByTheRelayAreRecordedAsTheProviderGotThem: the agent records
+// what the edge answered itself with the status the provider got (a
+// WebSocket upgrade 501, a body over the limit 413), and prints them; a
+// malformed body is printed but not recorded.
+func TestRefusalsByTheRelayAreRecordedAsTheProviderGotThem(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := relaytest.StartServer(t, func(c *server.Config) { c.MaxBody = 1 << 20 })
+			st := openRecords(t, record.Options{})
+			cfg := relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "ws"), "ws", relaytest.EchoApp(t).URL)
+			_, ids := recordingAgent(t, cfg, st)
+			hc := relaytest.ProviderClient(t, srv)
+
+			req, _ := http.NewRequest(http.MethodGet, relaytest.TunnelURL(srv, "ws", "/socket"), nil)
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "websocket")
+			req.Header.Set("Sec-WebSocket-Version", "13")
+			req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+			resp, err := hc.Transport.(*http.Transport).RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusNotImplemented {
+				t.Fatalf("a WebSocket upgrade got %d, want 501", resp.StatusCode)
+			}
+			d := nextRecording(t, ids, st)
+			if d.Status != resp.StatusCode || d.Outcome != record.OutcomeRefused || d.Path != "/socket" || d.Error == "" {
+				t.Errorf("recorded %d %s %s %q, want %d refused /socket with a reason", d.Status, d.Outcome, d.Path, d.Error, resp.StatusCode)
+			}
+
+			resp = send(t, hc, relaytest.TunnelURL(srv, "ws", "/big"), nil, make([]byte, 2<<20))
+			if d := nextRecording(t, ids, st); d.Status != http.StatusRequestEntityTooLarge || resp.StatusCode != d.Status {
+				t.Errorf("a body over the limit: provider got %d, recorded %d", resp.StatusCode, d.Status)
+			}
+		})
+	}
+}
+
+// TestRecordingsAreCappedWhereStrangersChooseTheSize: headers and event
+// ids beyond their caps are cut in the recording (and said to be), while
+// the local app gets the request whole and --dedup still knows the event.
+func TestRecordingsAreCappedWhereStrangersChooseTheSize(t *testing.T) {
+	srv := relaytest.StartServer(t)
+	st := openRecords(t, record.Options{})
+	got := make(chan http.Header, 10)
+	app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Clone() })
+	cfg := relaytest.AgentConfig(srv, "quic", relaytest.CreateToken(t, srv, "huge"), "huge", app)
+	cfg.Dedup = true
+	_, ids := recordingAgent(t, cfg, st)
+	hc := relaytest.ProviderClient(t, srv)
+	longID := strings.Repeat("d", 100<<10)
+	h := http.Header{
+		"X-Github-Event": {"push"}, "X-Github-Delivery": {longID},
+		"X-Padding": {strings.Repeat("p", 300<<10)},
+	}
+	if resp := send(t, hc, relaytest.TunnelURL(srv, "huge", "/"), h, []byte(`{}`)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if seen := <-got; len(seen.Get("X-Padding")) != 300<<10 || seen.Get("X-Github-Delivery") != longID {
+		t.Error("the app did not get the headers whole")
+	}
+	d := nextRecording(t, ids, st)
+	size := 0
+	for k, vs := range d.RequestHeader {
+		for _, v := range vs {
+			size += len(k) + len(v)
+		}
+	}
+	if size > record.MaxRecordedHeaderBytes || d.RequestHeader.Get(record.HeadersTruncated) == "" {
+		t.Errorf("recorded %d header bytes (marker %q), want at most %d and the cut noted", size, d.RequestHeader.Get(record.HeadersTruncated), record.MaxRecordedHeaderBytes)
+	}
+	if len(d.EventID) > 1<<10 {
+		t.Errorf("recorded a %d-byte event id", len(d.EventID))
+	}
+	// The same event again is a duplicate: the long id's key still works.
+	resp := send(t, hc, relaytest.TunnelURL(srv, "huge", "/"), h, []byte(`{}`))
+	if resp.Header.Get("X-Relay-Duplicate") != "true" {
+		t.Errorf("the second copy of a long-id event was not a duplicate")
+	}
+	if len(got) != 0 {
+		t.Error("the app got the duplicate")
+	}
+	db, err := sql.Open("sqlite", st.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var longest int
+	if err := db.QueryRow(`SELECT max(length(key)) FROM seen`).Scan(&longest); err != nil || longest > 256 {
+		t.Errorf("the longest --dedup key kept is %d bytes (%v), want a short one", longest, err)
+	}
+}
+
+// TestABodyHeldWholeReachesTheAppWithAContentLength: a provider's chunked
+// body, once the agent holds it whole, is forwarded with a Content-Length:
+// some local apps (Python's http.server) cannot read chunked bodies.
+func TestABodyHeldWholeReachesTheAppWithAContentLength(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := relaytest.StartServer(t)
+			type seen struct {
+				length int64
+				te     []string
+				body   string
+			}
+			got := make(chan seen, 1)
+			app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				got <- seen{r.ContentLength, r.TransferEncoding, string(b)}
+			})
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "py"), "py", app))
+			hc := relaytest.ProviderClient(t, srv)
+			hc.Transport.(*http.Transport).ForceAttemptHTTP2 = false
+			body := `{"chunked":true}`
+			// A reader of unknown length: net/http sends it chunked.
+			resp, err := hc.Post(relaytest.TunnelURL(srv, "py", "/"), "application/json", io.MultiReader(strings.NewReader(body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			s := <-got
+			if s.length != int64(len(body)) || len(s.te) != 0 || s.body != body {
+				t.Errorf("the app saw Content-Length %d, Transfer-Encoding %v, body %q; want %d, none, %q", s.length, s.te, s.body, len(body), body)
 			}
 		})
 	}

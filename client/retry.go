@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -14,66 +13,61 @@ import (
 	"github.com/relaytunnel/relay/client/record"
 )
 
-// retryTransport resends a delivery the local app refused or answered
-// with a 5xx, with backoff, for at most budget (--retry; 0 means once).
-// Only a body read whole before forwarding (GetBody set) can be resent.
-type retryTransport struct {
-	base   http.RoundTripper
-	budget time.Duration
-	cfg    *resolved
-}
-
 // Backoff between attempts: doubling from retryFirst, capped at retryMax.
 const (
 	retryFirst = 250 * time.Millisecond
 	retryMax   = 5 * time.Second
 )
 
-func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	d, _ := req.Context().Value(deliveryReport{}).(*Delivery)
-	if t.budget <= 0 || req.GetBody == nil || d == nil {
-		return t.base.RoundTrip(req)
+// forward sends out to the local app. With --retry, a delivery whose body
+// is held whole is sent again while the app refuses the connection or
+// answers 5xx, with backoff, for at most the budget; each try is returned
+// as an attempt. orig is the request as it arrived, for the console.
+func (a *Agent) forward(ctx context.Context, out *http.Request, whole bool, orig *http.Request) (*http.Response, []record.Attempt, error) {
+	budget := a.cfg.Retry
+	if budget <= 0 || !whole {
+		resp, err := a.fwd.transport.RoundTrip(out)
+		return resp, nil, err
 	}
-	deadline := time.Now().Add(t.budget)
+	var attempts []record.Attempt
+	deadline := time.Now().Add(budget)
 	wait := retryFirst
-	for attempt := 1; ; attempt++ {
-		if attempt > 1 {
-			body, err := req.GetBody()
+	for n := 1; ; n++ {
+		if n > 1 {
+			body, err := out.GetBody()
 			if err != nil {
-				return nil, err
+				return nil, attempts, err
 			}
-			req = req.Clone(req.Context())
-			req.Body = body
+			out = out.Clone(ctx)
+			out.Body = body
 		}
 		start := time.Now()
-		resp, err := t.base.RoundTrip(req)
-		a := record.Attempt{At: start, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+		resp, err := a.fwd.transport.RoundTrip(out)
+		at := record.Attempt{At: start, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
 		if err != nil {
-			_, _, a.Error = classify(err, t.cfg)
+			_, _, at.Error = classify(err, a.cfg)
 		} else {
-			a.Status = resp.StatusCode
+			at.Status = resp.StatusCode
 		}
-		d.Attempts = append(d.Attempts, a)
+		attempts = append(attempts, at)
 		retryable := (err != nil && errors.Is(err, syscall.ECONNREFUSED)) || (err == nil && resp.StatusCode >= 500)
 		wait = min(wait, retryMax)
 		sleep := wait/2 + rand.N(wait/2+1)
 		if !retryable || time.Now().Add(sleep).After(deadline) {
-			return resp, err
+			return resp, attempts, err
 		}
 		if resp != nil {
 			// Drain a little so the connection can be reused, then let go.
 			io.CopyN(io.Discard, resp.Body, 64<<10)
 			resp.Body.Close()
 		}
-		what := a.Error
+		what := at.Error
 		if what == "" {
-			what = http.StatusText(a.Status)
-			what = strconv.Itoa(a.Status) + " " + what
+			what = strconv.Itoa(at.Status) + " " + http.StatusText(at.Status)
 		}
-		fmt.Fprintf(t.cfg.Console, "%s retrying %s %s in %s (attempt %d: %s)\n", time.Now().Format("15:04:05"),
-			req.Method, d.Request.URL.RequestURI(), sleep.Round(10*time.Millisecond), attempt, what)
-		if !sleepCtx(req.Context(), sleep) {
-			return nil, context.Cause(req.Context())
+		a.say("retrying %s %s in %s (attempt %d: %s)", orig.Method, orig.URL.RequestURI(), sleep.Round(10*time.Millisecond), n, what)
+		if !sleepCtx(ctx, sleep) {
+			return nil, attempts, context.Cause(ctx)
 		}
 		wait *= 2
 	}

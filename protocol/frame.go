@@ -20,6 +20,7 @@ const (
 	FramePong     FrameType = 0x05 // either way, the Ping's payload
 	FrameGoAway   FrameType = 0x06 // server->agent, JSON GoAway
 	FrameDelivery FrameType = 0x07 // server->agent, JSON Delivery; HTTP/1.1 follows on the stream
+	FrameNotice   FrameType = 0x08 // server->agent on a stream of its own, JSON Notice
 )
 
 func (t FrameType) String() string {
@@ -38,6 +39,8 @@ func (t FrameType) String() string {
 		return "goaway"
 	case FrameDelivery:
 		return "delivery"
+	case FrameNotice:
+		return "notice"
 	}
 	return fmt.Sprintf("frame(0x%02x)", byte(t))
 }

@@ -11,11 +11,15 @@
 // time; liveness is the transport's, from every byte received), and a
 // GoAway from the server when it replaces or drains the session.
 //
-// Steady state: for every delivery the server opens a new stream, writes one
-// Delivery frame and then a plain HTTP/1.1 request; the agent answers with a
-// plain HTTP/1.1 response on the same stream. HTTP's own framing
+// Steady state: for every delivery the server writes one Delivery frame and
+// then a plain HTTP/1.1 request on a stream, new or kept from an earlier
+// delivery; the agent answers with a plain HTTP/1.1 response on the same
+// stream and, once it has read the whole request, says Connection:
+// keep-alive and waits there for the next one. HTTP's own framing
 // (Content-Length or chunked) marks where each body ends, so a body cut off
-// midway is detectable even on yamux, which cannot abort a stream.
+// midway is detectable even on yamux, which cannot abort a stream. The
+// server tells the agent about deliveries the edge answered itself on
+// notice streams.
 //
 // See SPEC.md beside this file for the byte layout; TestSpecExamples keeps
 // its examples true.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -41,6 +42,8 @@ func TestSpecExamples(t *testing.T) {
 				typ = FramePing
 			case "0x07":
 				typ = FrameDelivery
+			case "0x08":
+				typ = FrameNotice
 			default:
 				t.Fatalf("example type %q not handled by this test", fields["type"])
 			}
@@ -75,6 +78,14 @@ func TestSpecExamples(t *testing.T) {
 				var d Delivery
 				if err := DecodeMessage(typ, payload, &d); err != nil || d.ID != "dlv_1" || d.ReceivedAt == 0 {
 					t.Fatalf("delivery decodes to %+v, %v", d, err)
+				}
+			case FrameNotice:
+				var n Notice
+				if err := DecodeMessage(typ, payload, &n); err != nil || len(n.Refused) != 1 || n.Refused[0].Status != 413 {
+					t.Fatalf("notice decodes to %+v, %v", n, err)
+				}
+				if again, _ := json.Marshal(n); !bytes.Equal(again, payload) {
+					t.Fatalf("a notice encodes as %s, SPEC says %s", again, payload)
 				}
 			}
 		})

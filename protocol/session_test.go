@@ -26,7 +26,7 @@ import (
 // sessionPair makes a connected server and agent session. Every test of
 // the Session contract runs over each, as hashicorp/yamux runs its tests
 // over several connection types.
-type sessionPair func(t *testing.T, l Liveness) (srv, agent Session)
+type sessionPair func(t testing.TB, l Liveness) (srv, agent Session)
 
 var sessionPairs = []struct {
 	name string
@@ -84,7 +84,7 @@ func agentTLS() *tls.Config {
 	return &tls.Config{ServerName: "localhost", RootCAs: pool}
 }
 
-func quicPair(t *testing.T, l Liveness) (Session, Session) {
+func quicPair(t testing.TB, l Liveness) (Session, Session) {
 	t.Helper()
 	ln, err := quic.ListenAddr("127.0.0.1:0", serverTLS(), ServerQUICConfig(l))
 	if err != nil {
@@ -109,7 +109,7 @@ func quicPair(t *testing.T, l Liveness) (Session, Session) {
 	return srv, agent
 }
 
-func yamuxTLSPair(t *testing.T, l Liveness) (Session, Session) {
+func yamuxTLSPair(t testing.TB, l Liveness) (Session, Session) {
 	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", serverTLS())
 	if err != nil {
@@ -141,7 +141,7 @@ func yamuxTLSPair(t *testing.T, l Liveness) (Session, Session) {
 	return srv, agent
 }
 
-func yamuxPipePair(t *testing.T, l Liveness) (Session, Session) {
+func yamuxPipePair(t testing.TB, l Liveness) (Session, Session) {
 	t.Helper()
 	a, b := net.Pipe()
 	srv, err := ServerYamux(a, l)

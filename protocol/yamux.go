@@ -327,7 +327,9 @@ type yamuxConn struct {
 }
 
 func newYamuxConn(c net.Conn) *yamuxConn {
-	return &yamuxConn{Conn: c, fins: make(map[uint32]struct{})}
+	// Frames are joined below the tracker: resets and keep-alives go out
+	// between whole frames, never between a held header and its body.
+	return &yamuxConn{Conn: joinFrames(c), fins: make(map[uint32]struct{})}
 }
 
 func (c *yamuxConn) Read(p []byte) (int, error) {

@@ -45,6 +45,15 @@ type Config struct {
 
 	// MaxBody is the largest request body forwarded (413 beyond it).
 	MaxBody int64
+	// MaxDeliveries caps the deliveries one tunnel carries at once (503
+	// with Retry-After beyond it); uploads still arriving may hold at most
+	// half of them.
+	MaxDeliveries int
+	// BodyTimeout and MinBodyRate bound how slowly a provider may send a
+	// request body: it is cut (408) once BodyTimeout has passed since its
+	// first read, plus one second for every MinBodyRate bytes received.
+	BodyTimeout time.Duration
+	MinBodyRate int64
 	// ReadHeaderTimeout bounds how long a provider may take to send its
 	// request headers (slowloris).
 	ReadHeaderTimeout time.Duration
@@ -72,6 +81,8 @@ type Config struct {
 // Defaults.
 const (
 	DefaultMaxBody           = 32 << 20
+	DefaultBodyTimeout       = 20 * time.Second
+	DefaultMinBodyRate       = 16 << 10
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 90 * time.Second
 	DefaultResponseTimeout   = 2 * time.Minute
@@ -114,6 +125,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxBody == 0 {
 		c.MaxBody = DefaultMaxBody
 	}
+	if c.MaxDeliveries == 0 {
+		c.MaxDeliveries = protocol.DefaultMaxDeliveries
+	}
+	if c.BodyTimeout == 0 {
+		c.BodyTimeout = DefaultBodyTimeout
+	}
+	if c.MinBodyRate == 0 {
+		c.MinBodyRate = DefaultMinBodyRate
+	}
 	if c.ReadHeaderTimeout == 0 {
 		c.ReadHeaderTimeout = DefaultReadHeaderTimeout
 	}
@@ -155,6 +175,10 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("--data", "required (a directory for the database and certificates)")
 	case c.MaxBody < 0:
 		return bad("--max-body", "must be positive")
+	case c.MaxDeliveries < 2:
+		return bad("max deliveries", "must be at least 2")
+	case c.BodyTimeout < 0 || c.MinBodyRate < 0:
+		return bad("body timeout", "must be positive")
 	case (c.TLSCert == "") != (c.TLSKey == ""):
 		return bad("--tls-cert/--tls-key", "give both or neither")
 	case c.Dev && c.TLSCert != "":

@@ -17,6 +17,7 @@ type tunnel struct {
 	connectedAt time.Time
 	flight      inflight      // deliveries on this session
 	kick        chan struct{} // wakes the queue drainer
+	load        tunnelLoad    // the edge's slots and notices (edge.go)
 }
 
 // registry maps names to the tunnel serving them now.

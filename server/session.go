@@ -65,14 +65,17 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		MaxBody:         s.cfg.MaxBody,
 		HeartbeatMillis: s.cfg.Heartbeat.Milliseconds(),
 	}
-	// The tunnel is routable before the agent reads its Welcome: an agent
-	// that says it is connected must not see its first delivery queued.
-	// A delivery that comes first waits in the stream backlog.
+	// Registered before the Welcome leaves: an agent that has its Welcome
+	// is live, and a delivery right after must not be queued instead.
+	// Streams opened before the agent accepts any wait for it.
 	old := s.reg.put(t)
 	ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := protocol.WriteMessage(ctrl, protocol.FrameWelcome, w); err != nil {
-		s.reg.remove(t)
 		log.Info("send welcome", "err", err)
+		s.reg.remove(t)
+		if old != nil {
+			s.reg.put(old) // the session it would have replaced lives on
+		}
 		return
 	}
 	ctrl.SetWriteDeadline(time.Time{})

@@ -1,23 +1,31 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/relaytunnel/relay/client"
+	"github.com/relaytunnel/relay/client/record"
 	"github.com/relaytunnel/relay/internal/relaytest"
-	"github.com/relaytunnel/relay/protocol"
 	"github.com/relaytunnel/relay/server"
 )
 
@@ -290,5 +298,483 @@ func closedPort(t testing.TB) string {
 	return "http://" + addr
 }
 
-var _ = client.Config{}
-var _ = protocol.Version
+// rawConn is a provider's TLS connection to name's tunnel on srv, for
+// requests no well-behaved client sends.
+func rawConn(t *testing.T, srv *server.Server, name string) *tls.Conn {
+	t.Helper()
+	hc := relaytest.ProviderClient(t, srv)
+	conf := hc.Transport.(*http.Transport).TLSClientConfig.Clone()
+	conf.ServerName = name + ".localhost"
+	conf.NextProtos = []string{"http/1.1"}
+	c, err := tls.Dial("tcp", srv.Addr(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(time.Minute)) // a hung test fails, it does not hang
+	return c
+}
+
+// answer reads the response to what was written on c and its JSON error.
+func answer(t *testing.T, c net.Conn) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	defer resp.Body.Close()
+	var e struct{ Error string }
+	json.NewDecoder(resp.Body).Decode(&e)
+	return resp, e.Error
+}
+
+// consoleAgent runs an agent for name whose console the test reads.
+func consoleAgent(t *testing.T, srv *server.Server, tr, name, target string, mods ...func(*client.Config)) *relaytest.Buffer {
+	t.Helper()
+	cfg := relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, name), name, target)
+	console := &relaytest.Buffer{}
+	cfg.Console = console
+	for _, m := range mods {
+		m(&cfg)
+	}
+	relaytest.RunAgent(t, cfg)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent console:\n%s", console.String())
+		}
+	})
+	return console
+}
+
+func TestRelaysOwnHeadersFromAProviderNeverReachTheApp(t *testing.T) {
+	forged := http.Header{
+		"X-Relay-Replay-Of": {"1"}, "X-Relay-Error": {"local_app_error"}, "X-Relay-Delivery": {"dlv_forged"},
+		"X-Real-Ip": {"6.6.6.6"}, "X-Forwarded-For": {"6.6.6.6"}, "Forwarded": {"for=6.6.6.6"},
+	}
+	check := func(t *testing.T, e relaytest.Echoed) {
+		t.Helper()
+		for k := range e.Headers {
+			if strings.HasPrefix(strings.ToLower(k), "x-relay-") || k == "Forwarded" {
+				t.Errorf("the app got %s: %v", k, e.Headers[k])
+			}
+		}
+		for _, k := range []string{"X-Real-Ip", "X-Forwarded-For"} {
+			if got := e.Headers.Get(k); got != "127.0.0.1" {
+				t.Errorf("%s = %q, want the provider's real address", k, got)
+			}
+		}
+	}
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := relaytest.StartServer(t)
+			hc := relaytest.ProviderClient(t, srv)
+			send := func(name string) *http.Response {
+				req, _ := http.NewRequest("POST", relaytest.TunnelURL(srv, name, "/"), strings.NewReader("{}"))
+				for k, v := range forged {
+					req.Header[k] = v
+				}
+				resp, err := hc.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp
+			}
+			t.Run("live", func(t *testing.T) {
+				relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "live"), "live", relaytest.EchoApp(t).URL))
+				resp := send("live")
+				defer resp.Body.Close()
+				var e relaytest.Echoed
+				json.NewDecoder(resp.Body).Decode(&e)
+				check(t, e)
+			})
+			t.Run("queued", func(t *testing.T) {
+				tok := relaytest.CreateToken(t, srv, "asleep")
+				if resp := send("asleep"); resp.StatusCode != http.StatusAccepted {
+					t.Fatalf("offline: status %d, want 202", resp.StatusCode)
+				}
+				got := make(chan http.Header, 1)
+				app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Clone() })
+				relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, tok, "asleep", app))
+				select {
+				case h := <-got:
+					check(t, relaytest.Echoed{Headers: h})
+				case <-time.After(15 * time.Second):
+					t.Fatal("the queued delivery never arrived")
+				}
+			})
+		})
+	}
+}
+
+// TestEdgeRefusalsAreClearAndShownOnTheAgentsConsole: what the edge
+// answers itself gets its own status, and the agent hears of it.
+func TestEdgeRefusalsAreClearAndShownOnTheAgentsConsole(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := relaytest.StartServer(t, func(c *server.Config) { c.MaxBody = 1 << 20 })
+			var calls atomic.Int64
+			app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) { calls.Add(1) })
+			console := consoleAgent(t, srv, tr, "edge", app)
+			tests := []struct {
+				name, raw  string
+				wantStatus int
+				wantCode   string
+				console    string
+			}{
+				{"a body over the limit by its length is 413", "POST /big HTTP/1.1\r\nHost: edge.localhost\r\nContent-Length: 2000000\r\n\r\n",
+					413, "body_too_large", "POST /big 413"},
+				{"a malformed chunked body is 400, not a tunnel error", "POST /chunks HTTP/1.1\r\nHost: edge.localhost\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFF3\r\nx\r\n0\r\n\r\n",
+					400, "bad_request_body", "POST /chunks 400"},
+				{"a WebSocket upgrade is 501", "GET /ws HTTP/1.1\r\nHost: edge.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+					501, "upgrade_unsupported", "GET /ws 501"},
+			}
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					c := rawConn(t, srv, "edge")
+					io.WriteString(c, tt.raw)
+					resp, code := answer(t, c)
+					if resp.StatusCode != tt.wantStatus || code != tt.wantCode {
+						t.Fatalf("got %d %q, want %d %q", resp.StatusCode, code, tt.wantStatus, tt.wantCode)
+					}
+					relaytest.WaitFor(t, "the refusal on the agent's console", func() bool {
+						return strings.Contains(console.String(), tt.console)
+					})
+				})
+			}
+			if n := calls.Load(); n != 0 {
+				t.Errorf("the app was called %d times for refused deliveries", n)
+			}
+		})
+	}
+}
+
+// TestATunnelAtItsDeliveryCapAnswers503: beyond the cap the edge answers
+// at once with Retry-After instead of queueing behind the agent.
+func TestATunnelAtItsDeliveryCapAnswers503(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := relaytest.StartServer(t, func(c *server.Config) { c.MaxDeliveries = 2 })
+			arrived, release := make(chan struct{}, 2), make(chan struct{})
+			app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) {
+				arrived <- struct{}{}
+				<-release
+			})
+			relaytest.RunAgent(t, relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "capped"), "capped", app))
+			hc := relaytest.ProviderClient(t, srv)
+			held := make(chan int, 2)
+			for range 2 {
+				go func() {
+					resp, err := hc.Post(relaytest.TunnelURL(srv, "capped", "/"), "text/plain", strings.NewReader("x"))
+					if err != nil {
+						held <- 0
+						return
+					}
+					resp.Body.Close()
+					held <- resp.StatusCode
+				}()
+			}
+			for range 2 {
+				select {
+				case <-arrived:
+				case <-time.After(15 * time.Second):
+					t.Fatal("the first deliveries never reached the app")
+				}
+			}
+			resp, e := relaytest.Post(t, hc, relaytest.TunnelURL(srv, "capped", "/"), "{}")
+			if resp.StatusCode != http.StatusServiceUnavailable || e["error"] != "tunnel_busy" || resp.Header.Get("Retry-After") == "" {
+				t.Errorf("over the cap: %d %v (Retry-After %q), want 503 tunnel_busy with Retry-After", resp.StatusCode, e, resp.Header.Get("Retry-After"))
+			}
+			close(release)
+			for range 2 {
+				if s := <-held; s != http.StatusOK {
+					t.Errorf("a held delivery got %d", s)
+				}
+			}
+			if resp, _ := relaytest.Post(t, hc, relaytest.TunnelURL(srv, "capped", "/"), "{}"); resp.StatusCode != http.StatusOK {
+				t.Errorf("after the burst: %d", resp.StatusCode)
+			}
+		})
+	}
+}
+
+// TestSlowSendersCannotStarveATunnel: senders that trickle their bodies
+// hold no delivery slot while a small body arrives, and large uploads in
+// progress hold at most half of them, so other deliveries keep passing.
+func TestSlowSendersCannotStarveATunnel(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := relaytest.StartServer(t, func(c *server.Config) { c.MaxDeliveries = 4; c.BodyTimeout = time.Hour })
+			uploads := make(chan struct{}, 10)
+			app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/upload" {
+					uploads <- struct{}{}
+				}
+				io.Copy(io.Discard, r.Body)
+			})
+			st, err := record.Open(context.Background(), t.TempDir(), record.Options{BodyCap: 1 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			// A small recording cap: the agent forwards an upload to the
+			// app once its first KiB is in, so the test sees it admitted.
+			consoleAgent(t, srv, tr, "victim", app, func(c *client.Config) { c.Store = st })
+
+			for range 20 { // small bodies, stalled after one byte
+				io.WriteString(rawConn(t, srv, "victim"), "POST /slow HTTP/1.1\r\nHost: victim.localhost\r\nContent-Length: 1000\r\n\r\nx")
+			}
+			big := make([]*tls.Conn, 4) // large uploads, stalled after 80 KiB
+			for i := range big {
+				big[i] = rawConn(t, srv, "victim")
+				fmt.Fprintf(big[i], "POST /upload HTTP/1.1\r\nHost: victim.localhost\r\nContent-Length: 10000000\r\n\r\n%s", strings.Repeat("u", 80<<10))
+			}
+			// Two are admitted and reach the app; the other two are
+			// answered 503 at once.
+			refused := make(chan int, len(big))
+			for _, c := range big {
+				go func() {
+					resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+					if err == nil {
+						refused <- resp.StatusCode
+					}
+				}()
+			}
+			for i := range len(big) {
+				select {
+				case <-uploads:
+				case s := <-refused:
+					if s != http.StatusServiceUnavailable {
+						t.Errorf("a stalled upload got %d", s)
+					}
+				case <-time.After(15 * time.Second):
+					t.Fatalf("%d of 4 stalled uploads were neither admitted nor refused", len(big)-i)
+				}
+			}
+			if len(refused) != 0 || len(uploads) != 0 {
+				t.Errorf("more answers than uploads")
+			}
+			hc := relaytest.ProviderClient(t, srv)
+			for i := range 10 {
+				if resp, e := relaytest.Post(t, hc, relaytest.TunnelURL(srv, "victim", "/ok"), "{}"); resp.StatusCode != http.StatusOK {
+					t.Fatalf("delivery %d while slow senders hang: %d %v", i, resp.StatusCode, e)
+				}
+			}
+		})
+	}
+}
+
+// TestASlowBodyIsAnswered408: a body that stops arriving is cut after the
+// body timeout, on live and queued names, small or streamed, and the
+// tunnel goes on serving.
+func TestASlowBodyIsAnswered408(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) {
+			srv := relaytest.StartServer(t, func(c *server.Config) {
+				c.BodyTimeout = 200 * time.Millisecond
+				c.MinBodyRate = 10 << 20 // the streamed body's 80 KiB buy little more time
+			})
+			relaytest.CreateToken(t, srv, "away") // reserved, no agent: the queue
+			console := consoleAgent(t, srv, tr, "slow", relaytest.EchoApp(t).URL)
+			for _, tt := range []struct{ name, host, body string }{
+				{"live, small body", "slow", "x"},
+				{"live, streamed body", "slow", strings.Repeat("s", 80<<10)},
+				{"queued", "away", "x"},
+			} {
+				t.Run(tt.name, func(t *testing.T) {
+					c := rawConn(t, srv, tt.host)
+					fmt.Fprintf(c, "POST /trickle HTTP/1.1\r\nHost: %s.localhost\r\nContent-Length: 10000000\r\n\r\n%s", tt.host, tt.body)
+					resp, code := answer(t, c)
+					if resp.StatusCode != http.StatusRequestTimeout || code != "body_timeout" {
+						t.Fatalf("got %d %q, want 408 body_timeout", resp.StatusCode, code)
+					}
+				})
+			}
+			relaytest.WaitFor(t, "the 408s on the agent's console", func() bool {
+				return strings.Count(console.String(), "POST /trickle 408") == 2
+			})
+			hc := relaytest.ProviderClient(t, srv)
+			if resp, _ := relaytest.Post(t, hc, relaytest.TunnelURL(srv, "slow", "/"), "{}"); resp.StatusCode != http.StatusCreated {
+				t.Errorf("after the slow senders: %d", resp.StatusCode)
+			}
+		})
+	}
+}
+
+// BenchmarkDelivery is a provider's 1 KB JSON POST through the whole
+// relay: HTTPS to the edge, the tunnel, the agent recording it, a local
+// app, and back. Everything runs in this process, so cpu-µs/op and
+// allocs/op include the provider's client and the local app; compare runs
+// of this benchmark with each other, not with relay bench.
+func BenchmarkDelivery(b *testing.B) {
+	body := `{"id":"evt_bench","type":"payment_intent.succeeded","data":{"pad":"` + strings.Repeat("x", 900) + `"}}`
+	for _, tr := range relaytest.Transports {
+		for _, c := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/c=%d", tr, c), func(b *testing.B) {
+				srv := relaytest.StartServer(b)
+				app := relaytest.App(b, func(w http.ResponseWriter, r *http.Request) {
+					io.Copy(io.Discard, r.Body)
+					w.Header().Set("Content-Type", "application/json")
+					io.WriteString(w, `{"ok":true}`)
+				})
+				st, err := record.Open(context.Background(), b.TempDir(), record.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { st.Close() })
+				cfg := relaytest.AgentConfig(srv, tr, relaytest.CreateToken(b, srv, "bench"), "bench", app)
+				cfg.Store = st
+				relaytest.RunAgent(b, cfg)
+				hc := relaytest.ProviderClient(b, srv)
+				hc.Transport.(*http.Transport).ForceAttemptHTTP2 = false
+				url := relaytest.TunnelURL(srv, "bench", "/hook")
+				send := func() error {
+					resp, err := hc.Post(url, "application/json", strings.NewReader(body))
+					if err != nil {
+						return err
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						return fmt.Errorf("status %d", resp.StatusCode)
+					}
+					return nil
+				}
+				for range c { // connections and streams up before the clock starts
+					if err := send(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cpu := relaytest.StartCPU()
+				b.ReportAllocs()
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				for w := range c {
+					n := b.N / c
+					if w < b.N%c {
+						n++
+					}
+					wg.Go(func() {
+						for range n {
+							if err := send(); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				b.StopTimer()
+				cpu.Report(b)
+			})
+		}
+	}
+}
+
+// TestAFloodOfStalledUploadsLeavesTheAgentsMemoryAlone is the security
+// probe's attack on the real binaries: 1,500 provider connections that
+// declare a megabyte body and send a byte (then, a second wave, 70 KiB)
+// and stall. The agent used to reserve a buffer the declared size for
+// each: 1.5 GiB. Now it buffers what arrives, at most the tunnel's cap at
+// once, and the tunnel keeps serving.
+func TestAFloodOfStalledUploadsLeavesTheAgentsMemoryAlone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds relay and runs processes")
+	}
+	bin := relaytest.BuildRelay(t)
+	dir := t.TempDir()
+	data := dir + "/server"
+	out, err := exec.Command(bin, "token", "create", "--name", "flood", "--data", data).CombinedOutput()
+	if err != nil {
+		t.Fatalf("token create: %v %s", err, out)
+	}
+	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	port := relaytest.FreePort(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	start := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(bin, args...)
+		log := &relaytest.Buffer{}
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			if t.Failed() {
+				t.Logf("%s:\n%s", args[0], log.String())
+			}
+		})
+		return cmd
+	}
+	start("server", "--dev", "--listen", listen, "--data", data)
+	relaytest.WaitListening(t, listen)
+	app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })
+	agent := start("connect", app, "--server", listen, "--token", token, "--name", "flood", "--ca", data+"/dev-ca.pem",
+		"--transport", "tcp", "--data", dir+"/agent", "--inspect", "")
+
+	pem, err := os.ReadFile(data + "/dev-ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	conf := &tls.Config{RootCAs: pool, ServerName: "flood.localhost", NextProtos: []string{"http/1.1"}}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: conf,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, listen)
+		}}}
+	url := fmt.Sprintf("https://flood.localhost:%d/ok", port)
+	relaytest.WaitFor(t, "the tunnel to serve", func() bool {
+		resp, err := hc.Post(url, "text/plain", strings.NewReader("x"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	before := rssMiB(t, agent.Process.Pid)
+	for _, wave := range []struct {
+		name string
+		body string
+	}{{"one byte each", "a"}, {"70 KiB each", strings.Repeat("a", 70<<10)}} {
+		conns := make([]*tls.Conn, 0, 1500)
+		for range 1500 {
+			c, err := tls.Dial("tcp", listen, conf)
+			if err != nil {
+				t.Fatalf("%s: connection %d: %v", wave.name, len(conns), err)
+			}
+			conns = append(conns, c)
+			fmt.Fprintf(c, "POST /x HTTP/1.1\r\nHost: flood.localhost:%d\r\nContent-Length: 1000000\r\n\r\n%s", port, wave.body)
+		}
+		// The tunnel still serves while they stall.
+		resp, err := hc.Post(url, "text/plain", strings.NewReader("x"))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: a delivery during the flood: %v %v", wave.name, resp, err)
+		}
+		resp.Body.Close()
+		after := rssMiB(t, agent.Process.Pid)
+		t.Logf("%s: agent RSS %.0f MiB before, %.0f MiB with 1,500 stalled uploads", wave.name, before, after)
+		if after > 100 {
+			t.Errorf("%s: agent RSS %.0f MiB, want under 100", wave.name, after)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+}
+
+// rssMiB is a process's resident set size.
+func rssMiB(t *testing.T, pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Skipf("no /proc here: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}

@@ -29,6 +29,7 @@ const (
 	OutcomeFailed    = "failed"    // the local app could not be reached or timed out
 	OutcomeRejected  = "rejected"  // --verify reject: invalid signature, answered 401
 	OutcomeDuplicate = "duplicate" // --dedup: event already forwarded, answered 200
+	OutcomeRefused   = "refused"   // the relay or the agent answered it without forwarding (413, 408, 503, ...)
 )
 
 // Body is a recorded body: at most the store's cap, with the full size.

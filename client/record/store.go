@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/relaytunnel/relay/internal/sqlitedb"
@@ -52,9 +54,13 @@ type Store struct {
 	db   *sql.DB
 	opt  Options
 	path string
-	adds atomic.Int64
-	// pruning lets one prune run at a time without making writers wait.
-	pruning atomic.Bool
+	// writer is the one connection recordings are written on. SQLite
+	// drops a connection's page cache whenever another connection has
+	// committed, so writing on whichever pooled connection is idle would
+	// read the table's pages from disk again for every batch.
+	writer *sql.Conn
+	wmu    sync.Mutex // one batch at a time on writer
+	adds   int64      // under wmu
 }
 
 // pruneEvery is how many additions pass between retention checks.
@@ -69,9 +75,12 @@ func Open(ctx context.Context, dir string, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open recordings: %w", err)
 	}
-	s := &Store{db: db, opt: opt.withDefaults(), path: path}
+	s, err := newStore(ctx, db, opt, path)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := s.Prune(ctx, time.Now()); err != nil {
-		db.Close()
+		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -94,7 +103,18 @@ func OpenExisting(ctx context.Context, dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open recordings: %w", err)
 	}
-	return &Store{db: db, opt: Options{}.withDefaults(), path: path}, nil
+	return newStore(ctx, db, Options{}, path)
+}
+
+// newStore holds the write path's connection of db.
+func newStore(ctx context.Context, db *sql.DB, opt Options, path string) (*Store, error) {
+	s := &Store{db: db, opt: opt.withDefaults(), path: path}
+	var err error
+	if s.writer, err = db.Conn(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open recordings: %w", err)
+	}
+	return s, nil
 }
 
 // Path is the database file.
@@ -104,7 +124,10 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) BodyCap() int64 { return s.opt.BodyCap }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.writer.Close()
+	return s.db.Close()
+}
 
 var migrations = []string{
 	// 1: deliveries, and the event keys --dedup has forwarded.
@@ -170,8 +193,39 @@ func (s *Store) Add(ctx context.Context, d *Delivery) (int64, error) {
 
 // AddBatch records ds in one transaction and sets their ids: the agent's
 // recorder batches what arrives together, so a burst costs one commit.
+// Every pruneEvery additions the retention limits are applied.
 func (s *Store) AddBatch(ctx context.Context, ds []*Delivery) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	// Everything but the inserts is done before the write lock is taken:
+	// --dedup's marks wait for it, between the local app's answer and
+	// the answer to the relay.
+	rows := make([][]any, len(ds))
+	for i, d := range ds {
+		s.capRecording(d)
+		rows[i] = []any{d.RelayID, d.ReplayOf, d.Kind, d.Outcome, d.Tunnel, d.Transport, d.Target,
+			d.Method, d.Host, d.Path, d.Query, d.RemoteAddr, headerJSON(d.RequestHeader), d.RequestBody.Data,
+			d.RequestBody.Size, d.RequestBody.Truncated, d.Status, headerJSON(d.ResponseHeader), d.ResponseBody.Data,
+			d.ResponseBody.Size, d.ResponseBody.Truncated, d.Error, attemptsJSON(d.Attempts), len(d.Attempts),
+			nanos(d.ReceivedAt), nanos(d.StartedAt), nanos(d.AnsweredAt), nanos(d.FinishedAt),
+			d.Provider, d.Event, d.EventID, d.Signature, d.SignatureReason, d.DuplicateOf}
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.insert(ctx, ds, rows); err != nil {
+		return err
+	}
+	k := int64(len(ds))
+	s.adds += k
+	if s.adds/pruneEvery != (s.adds-k)/pruneEvery {
+		if _, err := s.prune(ctx, s.writer, time.Now()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// insert writes rows in one transaction and sets the ids of ds.
+func (s *Store) insert(ctx context.Context, ds []*Delivery, rows [][]any) error {
+	tx, err := s.writer.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("record deliveries: %w", err)
 	}
@@ -181,14 +235,8 @@ func (s *Store) AddBatch(ctx context.Context, ds []*Delivery) error {
 		return fmt.Errorf("record deliveries: %w", err)
 	}
 	defer stmt.Close()
-	for _, d := range ds {
-		s.capBodies(d)
-		res, err := stmt.ExecContext(ctx, d.RelayID, d.ReplayOf, d.Kind, d.Outcome, d.Tunnel, d.Transport, d.Target,
-			d.Method, d.Host, d.Path, d.Query, d.RemoteAddr, headerJSON(d.RequestHeader), d.RequestBody.Data,
-			d.RequestBody.Size, d.RequestBody.Truncated, d.Status, headerJSON(d.ResponseHeader), d.ResponseBody.Data,
-			d.ResponseBody.Size, d.ResponseBody.Truncated, d.Error, attemptsJSON(d.Attempts), len(d.Attempts),
-			nanos(d.ReceivedAt), nanos(d.StartedAt), nanos(d.AnsweredAt), nanos(d.FinishedAt),
-			d.Provider, d.Event, d.EventID, d.Signature, d.SignatureReason, d.DuplicateOf)
+	for i, d := range ds {
+		res, err := stmt.ExecContext(ctx, rows[i]...)
 		if err != nil {
 			return fmt.Errorf("record delivery: %w", err)
 		}
@@ -199,18 +247,25 @@ func (s *Store) AddBatch(ctx context.Context, ds []*Delivery) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("record deliveries: %w", err)
 	}
-	k := int64(len(ds))
-	if n := s.adds.Add(k); n/pruneEvery != (n-k)/pruneEvery {
-		if _, err := s.Prune(ctx, time.Now()); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
-// capBodies keeps stored bodies within the cap even when a caller handed
-// more, marking them truncated.
-func (s *Store) capBodies(d *Delivery) {
+// Recording caps beyond the body cap: strangers choose header sizes and
+// event ids, and each recording is kept for days.
+const (
+	// MaxRecordedHeaderBytes bounds the request or response header bytes
+	// one recording keeps; headers beyond it are left out and
+	// HeadersTruncated says how many bytes were.
+	MaxRecordedHeaderBytes = 64 << 10
+	// HeadersTruncated is added to a recorded header set that was cut.
+	HeadersTruncated = "X-Relay-Recording-Truncated"
+	// maxRecordedField bounds short text fields (event id, event, error).
+	maxRecordedField = 1 << 10
+)
+
+// capRecording keeps what is stored within the caps even when a caller
+// handed more, marking what it cut.
+func (s *Store) capRecording(d *Delivery) {
 	for _, b := range []*Body{&d.RequestBody, &d.ResponseBody} {
 		if int64(len(b.Data)) > s.opt.BodyCap {
 			b.Data, b.Truncated = b.Data[:s.opt.BodyCap], true
@@ -219,36 +274,73 @@ func (s *Store) capBodies(d *Delivery) {
 			b.Size = int64(len(b.Data))
 		}
 	}
+	d.RequestHeader = capHeader(d.RequestHeader)
+	d.ResponseHeader = capHeader(d.ResponseHeader)
+	for _, f := range []*string{&d.EventID, &d.Event, &d.Error, &d.SignatureReason} {
+		if len(*f) > maxRecordedField {
+			*f = (*f)[:maxRecordedField]
+		}
+	}
+}
+
+// capHeader is h, or a copy of it with the headers beyond
+// MaxRecordedHeaderBytes (in name order) left out.
+func capHeader(h http.Header) http.Header {
+	size := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			size += len(k) + len(v) + 4
+		}
+	}
+	if size <= MaxRecordedHeaderBytes {
+		return h
+	}
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make(http.Header, len(h))
+	kept := 0
+	for _, k := range keys {
+		for _, v := range h[k] {
+			if n := len(k) + len(v) + 4; kept+n <= MaxRecordedHeaderBytes {
+				out[k] = append(out[k], v)
+				kept += n
+			}
+		}
+	}
+	out.Set(HeadersTruncated, strconv.Itoa(size-kept)+" header bytes not recorded")
+	return out
 }
 
 // Prune applies the retention limits (count and age) and forgets dedup
 // keys older than the age limit. It returns how many deliveries went.
 func (s *Store) Prune(ctx context.Context, now time.Time) (int64, error) {
-	if !s.pruning.CompareAndSwap(false, true) {
-		return 0, nil
-	}
-	defer s.pruning.Store(false)
-	// Two statements, each on an index (received_at, the rowid): one
-	// with OR would scan the whole table on every prune.
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.prune(ctx, s.writer, now)
+}
+
+func (s *Store) prune(ctx context.Context, db interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, now time.Time) (int64, error) {
+	// Each statement walks an index (received_at, the rowid), never the
+	// table. Ids only grow and only the oldest rows are deleted, so the
+	// newest MaxCount recordings are those above max(id) - MaxCount.
 	cutoff := now.Add(-s.opt.MaxAge).UnixNano()
-	res, err := s.db.ExecContext(ctx, `DELETE FROM deliveries WHERE received_at < ?`, cutoff)
+	res, err := db.ExecContext(ctx, `DELETE FROM deliveries WHERE received_at < ?`, cutoff)
 	if err != nil {
 		return 0, fmt.Errorf("prune recordings: %w", err)
 	}
 	n, _ := res.RowsAffected()
-	var keepFrom int64
-	err = s.db.QueryRowContext(ctx, `SELECT id FROM deliveries ORDER BY id DESC LIMIT 1 OFFSET ?`, s.opt.MaxCount-1).Scan(&keepFrom)
-	if err == nil {
-		res, err := s.db.ExecContext(ctx, `DELETE FROM deliveries WHERE id < ?`, keepFrom)
-		if err != nil {
-			return n, fmt.Errorf("prune recordings: %w", err)
-		}
-		m, _ := res.RowsAffected()
-		n += m
-	} else if !errors.Is(err, sql.ErrNoRows) {
+	res, err = db.ExecContext(ctx, `DELETE FROM deliveries WHERE id <= (SELECT max(id) FROM deliveries) - ?`, s.opt.MaxCount)
+	if err != nil {
 		return n, fmt.Errorf("prune recordings: %w", err)
 	}
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE at < ?`, cutoff); err != nil {
+	m, _ := res.RowsAffected()
+	n += m
+	if _, err := db.ExecContext(ctx, `DELETE FROM seen WHERE at < ?`, cutoff); err != nil {
 		return n, fmt.Errorf("prune recordings: %w", err)
 	}
 	return n, nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -44,6 +45,11 @@ type benchCell struct {
 	RPS         float64 `json:"rps"`
 	P50us       float64 `json:"p50_us"`
 	P99us       float64 `json:"p99_us"`
+	// CPU the relay's server and agent processes spent per 1,000
+	// deliveries of the cell (0 for the direct path, or where /proc is
+	// not there to read).
+	ServerCPUms float64 `json:"server_cpu_ms_per_1k,omitempty"`
+	AgentCPUms  float64 `json:"agent_cpu_ms_per_1k,omitempty"`
 }
 
 // benchBig is one 100 MB upload.
@@ -146,6 +152,31 @@ func (c *child) stop() {
 		<-c.done
 	}
 }
+
+// cpu is the CPU time the process has used so far (user + system), from
+// /proc/PID/stat; 0 where there is none.
+func (c *child) cpu() time.Duration {
+	if c == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are the 12th and 13th.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on every
+// Linux that relay runs on.
+const clockTicks = 100
 
 // peakRSS is the process's high-water resident set (VmHWM), in MB.
 func (c *child) peakRSS() float64 {
@@ -305,7 +336,7 @@ var benchBody = `{"id":"evt_bench","object":"event","type":"payment_intent.succe
 func benchPath(ctx context.Context, o benchOptions, rep *benchReport, path string, hc *http.Client, url string, srv, agent *child) error {
 	for _, c := range o.concurrency {
 		fmt.Fprintf(os.Stderr, "\rbench: %-6s c=%-4d", path, c)
-		cell, err := loadCell(ctx, hc, url, c, o.duration)
+		cell, err := loadCell(ctx, hc, url, c, o.duration, srv, agent)
 		if err != nil {
 			return err
 		}
@@ -340,8 +371,8 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // loadCell runs c senders posting the 1 KB body for d (after a short
-// warm-up) and collects every latency.
-func loadCell(ctx context.Context, hc *http.Client, url string, c int, d time.Duration) (benchCell, error) {
+// warm-up) and collects every latency, and the CPU srv and agent spent.
+func loadCell(ctx context.Context, hc *http.Client, url string, c int, d time.Duration, srv, agent *child) (benchCell, error) {
 	send := func() (time.Duration, error) {
 		start := time.Now()
 		resp, err := hc.Post(url, "application/json", strings.NewReader(benchBody))
@@ -364,6 +395,7 @@ func loadCell(ctx context.Context, hc *http.Client, url string, c int, d time.Du
 
 	lat := make([][]time.Duration, c)
 	errs := make([]int, c)
+	srvCPU, agentCPU := srv.cpu(), agent.cpu()
 	stop := time.Now().Add(d)
 	begin := time.Now()
 	for i := range c {
@@ -380,6 +412,7 @@ func loadCell(ctx context.Context, hc *http.Client, url string, c int, d time.Du
 	}
 	wg.Wait()
 	elapsed := time.Since(begin)
+	srvCPU, agentCPU = srv.cpu()-srvCPU, agent.cpu()-agentCPU
 	all := slices.Concat(lat...)
 	slices.Sort(all)
 	cell := benchCell{Concurrency: c, Requests: len(all)}
@@ -390,6 +423,8 @@ func loadCell(ctx context.Context, hc *http.Client, url string, c int, d time.Du
 		return cell, fmt.Errorf("no request succeeded at concurrency %d", c)
 	}
 	cell.RPS = float64(len(all)) / elapsed.Seconds()
+	perK := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(len(all)) }
+	cell.ServerCPUms, cell.AgentCPUms = perK(srvCPU), perK(agentCPU)
 	cell.P50us = float64(all[len(all)/2].Nanoseconds()) / 1000
 	cell.P99us = float64(all[len(all)*99/100].Nanoseconds()) / 1000
 	return cell, nil
@@ -409,8 +444,8 @@ func printBench(w io.Writer, rep *benchReport, o benchOptions) {
 		return "MISS"
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "1 KB JSON POST, %s per cell, HTTP/1.1 keep-alive, loopback\t\t\t\t\t\t\t\n", o.duration)
-	fmt.Fprintln(tw, "path\tconc\treq/s\t% of direct\tp50 µs\tp99 µs\terrors\ttarget\t")
+	fmt.Fprintf(tw, "1 KB JSON POST, %s per cell, HTTP/1.1 keep-alive, loopback\t\t\t\t\t\t\t\t\n", o.duration)
+	fmt.Fprintln(tw, "path\tconc\treq/s\t% of direct\tp50 µs\tp99 µs\terrors\tCPU ms/1k srv+agent\ttarget\t")
 	for _, c := range rep.Cells {
 		d := direct[c.Concurrency]
 		pct, target := "", ""
@@ -423,7 +458,11 @@ func printBench(w io.Writer, rep *benchReport, o benchOptions) {
 				target = fmt.Sprintf("+%.0f µs p50 (≤80): %s", added, mark(added <= 80))
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%.0f\t%.0f\t%d\t%s\t\n", c.Path, c.Concurrency, c.RPS, pct, c.P50us, c.P99us, c.Errors, target)
+		cpu := "-"
+		if c.ServerCPUms+c.AgentCPUms > 0 {
+			cpu = fmt.Sprintf("%.0f+%.0f=%.0f", c.ServerCPUms, c.AgentCPUms, c.ServerCPUms+c.AgentCPUms)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%.0f\t%.0f\t%d\t%s\t%s\t\n", c.Path, c.Concurrency, c.RPS, pct, c.P50us, c.P99us, c.Errors, cpu, target)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

@@ -29,10 +29,18 @@ func TestBenchMeasuresEveryPath(t *testing.T) {
 	if len(rep.Cells) != 6 || len(rep.Big) != 3 {
 		t.Fatalf("%d cells and %d uploads, want 6 (3 paths x 2 concurrencies) and 3", len(rep.Cells), len(rep.Big))
 	}
+	var relayCPU float64
 	for _, c := range rep.Cells {
 		if c.Requests == 0 || c.Errors != 0 || c.RPS <= 0 || c.P50us <= 0 {
 			t.Errorf("%s c=%d: %+v", c.Path, c.Concurrency, c)
 		}
+		if c.Path == "direct" && c.ServerCPUms+c.AgentCPUms != 0 {
+			t.Errorf("direct c=%d has relay CPU: %+v", c.Concurrency, c)
+		}
+		relayCPU += c.ServerCPUms + c.AgentCPUms
+	}
+	if relayCPU <= 0 {
+		t.Error("no CPU per delivery reported for the relay's processes")
 	}
 	for _, b := range rep.Big {
 		if b.StatusErr != "" || b.Bytes != 4<<20 {

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -49,3 +51,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 type exitCoder interface{ ExitCode() int }
+
+// routeStdLog sends what libraries print with the log package to l, at
+// debug level: net/http's Transport writes "Unsolicited response received
+// on idle HTTP channel" there when a local app answers twice, and it used
+// to land raw on the agent's console; net/http servers without an
+// ErrorLog write TLS handshake errors there.
+func routeStdLog(l *slog.Logger) {
+	log.SetFlags(0)
+	log.SetOutput(slog.NewLogLogger(l.Handler(), slog.LevelDebug).Writer())
+}

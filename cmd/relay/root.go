@@ -200,7 +200,9 @@ func logger(cmd *cobra.Command) *slog.Logger {
 	if err != nil {
 		level = slog.LevelWarn
 	}
-	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+	l := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+	routeStdLog(l)
+	return l
 }
 
 // oneLine keeps an error to the single line the CLI promises.

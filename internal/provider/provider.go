@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"slices"
 	"strings"
@@ -131,6 +132,10 @@ type delivery struct {
 
 	decoded bool
 	object  object // the body as a JSON object, nil when it is not one
+
+	// canonical is 1 when every header name is in canonical form (as
+	// net/http makes them), -1 when one is not, 0 before anyone asked.
+	canonical int8
 }
 
 // json returns the body as a JSON object, decoding it once however many
@@ -155,6 +160,18 @@ func newDelivery(method string, u *url.URL, h http.Header, body []byte) *deliver
 func (d *delivery) get(name string) string {
 	if v := d.header.Get(name); v != "" {
 		return v
+	}
+	if d.canonical == 0 {
+		d.canonical = 1
+		for k := range d.header {
+			if textproto.CanonicalMIMEHeaderKey(k) != k {
+				d.canonical = -1
+				break
+			}
+		}
+	}
+	if d.canonical == 1 {
+		return "" // every scheme asks for many headers a delivery lacks
 	}
 	for k, vs := range d.header {
 		if len(vs) > 0 && strings.EqualFold(k, name) {

@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -16,6 +17,9 @@ var typeformScheme = &scheme{
 	name:   Typeform,
 	detect: func(d *delivery) bool { return d.has("Typeform-Signature") },
 	detectBody: func(d *delivery) bool {
+		if !bytes.Contains(d.body, []byte(`"form_response`)) {
+			return false // not worth decoding
+		}
 		o := d.json()
 		return strings.HasPrefix(o.str("event_type"), "form_response") && o["form_response"] != nil
 	},

@@ -21,6 +21,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -382,4 +383,23 @@ func Post(t testing.TB, hc *http.Client, url, body string) (*http.Response, map[
 	var m map[string]any
 	json.NewDecoder(resp.Body).Decode(&m)
 	return resp, m
+}
+
+// CPU is this process's CPU time (user + system) since StartCPU; a
+// benchmark reports it per operation, since on a shared machine it varies
+// far less than wall-clock time.
+type CPU struct{ start time.Duration }
+
+// StartCPU starts counting.
+func StartCPU() CPU { return CPU{processCPU()} }
+
+// Report adds cpu-µs/op to b's results.
+func (c CPU) Report(b *testing.B) {
+	b.ReportMetric(float64((processCPU()-c.start).Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
