@@ -123,12 +123,25 @@ func TestAProviderBodyThatFailsCutsTheStream(t *testing.T) {
 	for _, tr := range streamTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			server, agent := tr.open(t)
+			// The agent sees the delivery cut midway, or (when the abort
+			// overtakes the bytes, as a yamux RST may) not at all: never
+			// a complete request.
 			seen := make(chan error, 1)
-			serveAgent(t, agent, func(in *Inbound) {
-				_, err := io.ReadAll(in.Request.Body)
+			go func() {
+				st, err := agent.AcceptStream(context.Background())
+				if err != nil {
+					seen <- err
+					return
+				}
+				in, err := ReadInbound(st)
+				if err != nil {
+					seen <- err
+					return
+				}
+				_, err = io.ReadAll(in.Request.Body)
 				seen <- err
 				in.Abort()
-			}, nil)
+			}()
 			body := io.MultiReader(strings.NewReader(strings.Repeat("a", 100<<10)), &failing{errBody})
 			req := newRequest(t, body)
 			req.ContentLength = 200 << 10
@@ -141,8 +154,8 @@ func TestAProviderBodyThatFailsCutsTheStream(t *testing.T) {
 				if err == nil {
 					t.Error("the agent read a complete body")
 				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the agent never finished reading")
+			case <-time.After(time.Minute):
+				t.Fatal("the agent never learnt of the cut")
 			}
 		})
 	}

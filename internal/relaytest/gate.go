@@ -127,7 +127,11 @@ func NewTCPGate(t testing.TB, target string) *TCPGate {
 		for {
 			n, err := src.Read(buf)
 			if err != nil {
-				dst.Close()
+				// A pulled cable carries no FIN either: the far end
+				// must notice the silence for itself.
+				if g.Open.Load() {
+					dst.Close()
+				}
 				return
 			}
 			if g.Open.Load() {
