@@ -1,7 +1,9 @@
 package server
 
 import (
+	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/relaytunnel/relay/protocol"
@@ -17,6 +19,9 @@ type tunnel struct {
 	connectedAt time.Time
 	flight      inflight      // deliveries on this session
 	kick        chan struct{} // wakes the queue drainer
+	queueCtx    context.Context
+	stopQueue   context.CancelFunc // ends the drainer: session over, replaced or revoked
+	revoked     atomic.Bool
 }
 
 // registry maps names to the tunnel serving them now.
