@@ -164,9 +164,11 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func permanent(err error) bool {
+	var ga *protocol.GoAwayError
 	return errors.Is(err, protocol.ErrBadToken) || errors.Is(err, protocol.ErrNameTaken) ||
 		errors.Is(err, protocol.ErrNameNotAllowed) || errors.Is(err, protocol.ErrVersionMismatch) ||
-		errors.Is(err, protocol.ErrBadRequest) || errors.Is(err, ErrReplaced)
+		errors.Is(err, protocol.ErrBadRequest) || errors.Is(err, ErrReplaced) ||
+		(errors.As(err, &ga) && ga.GoAway.Reason == "revoked") // the token is gone for good
 }
 
 // Reconnect timing.

@@ -11,6 +11,8 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +34,7 @@ const acmeDomain = "relay.test"
 type acmeRelay struct {
 	pebble     *pebbletest.Pebble
 	dataDir    string
+	database   string // PostgreSQL keeps the certificates; else dataDir/acme
 	listen     string
 	quicListen string
 	httpListen string
@@ -47,6 +50,7 @@ func (r acmeRelay) start(t *testing.T) (*server.Server, func()) {
 		QUICListen:     r.quicListen,
 		HTTPListen:     r.httpListen,
 		DataDir:        r.dataDir,
+		Database:       r.database,
 		ACMEEmail:      "ops@relay.test",
 		ACMEDirectory:  r.pebble.DirectoryURL,
 		ACMEHTTPClient: r.pebble.HTTPClient(),
@@ -153,80 +157,93 @@ func acmeHandshake(addr, name string, roots *x509.CertPool) (*x509.Certificate, 
 // in ACME mode against Pebble with real TLS-ALPN-01 validation on the
 // relay's own TCP listener.
 func TestACMEServerObtainsCertificatesAndReusesThemAfterRestart(t *testing.T) {
+	for _, backend := range relaytest.Backends {
+		for _, tr := range relaytest.Transports {
+			t.Run(backend+"/"+tr, func(t *testing.T) { testACMEReuse(t, relaytest.NewBackend(t, backend), tr) })
+		}
+	}
+}
+
+func testACMEReuse(t *testing.T, b relaytest.Backend, tr string) {
 	const tunnel = "hooks"
-	for _, tr := range relaytest.Transports {
-		t.Run(tr, func(t *testing.T) {
-			// Pebble must know the relay's ports before the relay binds them,
-			// and the restart must get the same ones.
-			port, httpPort := relaytest.FreePort(t), relaytest.FreePort(t)
-			pebble := pebbletest.Start(t, port, httpPort)
-			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-			relay := acmeRelay{
-				pebble:     pebble,
-				dataDir:    t.TempDir(),
-				listen:     addr,
-				quicListen: addr,
-				httpListen: net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort)),
-			}
-			srv, stopServer := relay.start(t)
-			if n := pebble.Orders(); n != 0 {
-				t.Fatalf("%d orders before any handshake, want none", n)
-			}
-			token := relaytest.CreateToken(t, srv, tunnel)
-			app := relaytest.EchoApp(t)
-			hc := pebbleTrustingClient(t, srv.Addr(), pebble.Roots())
+	// Pebble must know the relay's ports before the relay binds them,
+	// and the restart must get the same ones.
+	port, httpPort := relaytest.FreePort(t), relaytest.FreePort(t)
+	pebble := pebbletest.Start(t, port, httpPort)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	relay := acmeRelay{
+		pebble:     pebble,
+		dataDir:    b.DataDir,
+		database:   b.Database,
+		listen:     addr,
+		quicListen: addr,
+		httpListen: net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort)),
+	}
+	srv, stopServer := relay.start(t)
+	if n := pebble.Orders(); n != 0 {
+		t.Fatalf("%d orders before any handshake, want none", n)
+	}
+	token := relaytest.CreateToken(t, srv, tunnel)
+	app := relaytest.EchoApp(t)
+	hc := pebbleTrustingClient(t, srv.Addr(), pebble.Roots())
 
-			a, stopAgent := relaytest.ConnectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
-			if got := a.Transport(); got != tr {
-				t.Fatalf("agent connected over %q, want %q", got, tr)
-			}
-			if n := pebble.Orders(); n != 1 {
-				t.Fatalf("%d orders after the agent connected, want 1 (the apex)", n)
-			}
-			apex, err := acmeHandshake(srv.Addr(), acmeDomain, pebble.Roots())
-			if err != nil {
-				t.Fatalf("apex handshake: %v", err)
-			}
-			if err := apex.VerifyHostname(acmeDomain); err != nil {
-				t.Fatal(err)
-			}
+	a, stopAgent := relaytest.ConnectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
+	if got := a.Transport(); got != tr {
+		t.Fatalf("agent connected over %q, want %q", got, tr)
+	}
+	if n := pebble.Orders(); n != 1 {
+		t.Fatalf("%d orders after the agent connected, want 1 (the apex)", n)
+	}
+	apex, err := acmeHandshake(srv.Addr(), acmeDomain, pebble.Roots())
+	if err != nil {
+		t.Fatalf("apex handshake: %v", err)
+	}
+	if err := apex.VerifyHostname(acmeDomain); err != nil {
+		t.Fatal(err)
+	}
 
-			leaf := deliver(t, hc, srv.PublicURL(tunnel)+"/hook")
-			if err := leaf.VerifyHostname(tunnel + "." + acmeDomain); err != nil {
-				t.Fatalf("tunnel certificate: %v", err)
-			}
-			if n := pebble.Orders(); n != 2 {
-				t.Fatalf("%d orders after the first delivery, want 2 (apex and %s)", n, tunnel)
-			}
+	leaf := deliver(t, hc, srv.PublicURL(tunnel)+"/hook")
+	if err := leaf.VerifyHostname(tunnel + "." + acmeDomain); err != nil {
+		t.Fatalf("tunnel certificate: %v", err)
+	}
+	if n := pebble.Orders(); n != 2 {
+		t.Fatalf("%d orders after the first delivery, want 2 (apex and %s)", n, tunnel)
+	}
 
-			if _, err := acmeHandshake(srv.Addr(), "nobody."+acmeDomain, pebble.Roots()); err == nil {
-				t.Fatal("a name no token reserved got a certificate")
-			}
-			if n := pebble.Orders(); n != 2 {
-				t.Fatalf("the CA was asked for a name no token reserved (%d orders, want 2)", n)
-			}
+	if _, err := acmeHandshake(srv.Addr(), "nobody."+acmeDomain, pebble.Roots()); err == nil {
+		t.Fatal("a name no token reserved got a certificate")
+	}
+	if n := pebble.Orders(); n != 2 {
+		t.Fatalf("the CA was asked for a name no token reserved (%d orders, want 2)", n)
+	}
 
-			// Restart on the same data directory and ports: both
-			// certificates come from the cache, none from the CA.
-			stopAgent()
-			stopServer()
-			srv, _ = relay.start(t)
-			relaytest.ConnectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
-			again := deliver(t, hc, srv.PublicURL(tunnel)+"/hook")
-			if again.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
-				t.Errorf("after restart %s has serial %s, want the cached %s", tunnel, again.SerialNumber, leaf.SerialNumber)
-			}
-			apexAgain, err := acmeHandshake(srv.Addr(), acmeDomain, pebble.Roots())
-			if err != nil {
-				t.Fatalf("apex handshake after restart: %v", err)
-			}
-			if apexAgain.SerialNumber.Cmp(apex.SerialNumber) != 0 {
-				t.Errorf("after restart the apex has serial %s, want the cached %s", apexAgain.SerialNumber, apex.SerialNumber)
-			}
-			if n := pebble.Orders(); n != 2 {
-				t.Errorf("restart placed %d new orders, want 0", n-2)
-			}
-		})
+	// Restart on the same data directory and ports: both
+	// certificates come from the cache, none from the CA.
+	stopAgent()
+	stopServer()
+	srv, _ = relay.start(t)
+	relaytest.ConnectAgent(t, acmeAgentConfig(srv, pebble, tr, token, tunnel, app.URL))
+	again := deliver(t, hc, srv.PublicURL(tunnel)+"/hook")
+	if again.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+		t.Errorf("after restart %s has serial %s, want the cached %s", tunnel, again.SerialNumber, leaf.SerialNumber)
+	}
+	apexAgain, err := acmeHandshake(srv.Addr(), acmeDomain, pebble.Roots())
+	if err != nil {
+		t.Fatalf("apex handshake after restart: %v", err)
+	}
+	if apexAgain.SerialNumber.Cmp(apex.SerialNumber) != 0 {
+		t.Errorf("after restart the apex has serial %s, want the cached %s", apexAgain.SerialNumber, apex.SerialNumber)
+	}
+	if n := pebble.Orders(); n != 2 {
+		t.Errorf("restart placed %d new orders, want 0", n-2)
+	}
+	if b.Database != "" {
+		if _, err := os.Stat(filepath.Join(b.DataDir, "acme")); !os.IsNotExist(err) {
+			t.Errorf("with a database the certificates went to files too: %v", err)
+		}
+		if _, err := b.Open(t).CertCache().Get(context.Background(), acmeDomain); err != nil {
+			t.Errorf("the apex certificate is not in PostgreSQL: %v", err)
+		}
 	}
 }
 

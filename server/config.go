@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,11 +28,24 @@ type Config struct {
 	// PublicPort is the port providers use, when it differs from Listen's
 	// (a port forward); 0 means Listen's port. 443 is left out of URLs.
 	PublicPort int
-	// DataDir holds the database, the ACME cache and the dev CA.
+	// DataDir holds the dev CA, and, without Database, the SQLite
+	// database and the ACME cache.
 	DataDir string
 	// Sockets are listening sockets inherited from systemd; the
 	// addresses above that match one use it instead of binding.
 	Sockets *Sockets
+	// Database is a PostgreSQL URL (postgres://...) for the server's state
+	// (tokens, names, queue, delivery log, ACME cache), shared by every
+	// node that uses it. Empty: SQLite in DataDir.
+	Database string
+	// Store, when set, is used instead of opening DataDir or Database; the
+	// caller keeps it and closes it after Shutdown.
+	Store Store
+	// RevocationPoll is how often the store is polled for tokens revoked
+	// by another process (PostgreSQL also hears of them at once through
+	// LISTEN/NOTIFY); 0 means the backend's default (1 s SQLite, 5 s
+	// PostgreSQL).
+	RevocationPoll time.Duration
 
 	// Certificates: Dev, or TLSCert+TLSKey, or ACME (the default).
 	Dev           bool
@@ -69,10 +83,22 @@ type Config struct {
 	Heartbeat time.Duration
 	// HandshakeTimeout bounds an agent's TLS/QUIC handshake plus Hello.
 	HandshakeTimeout time.Duration
-	// QueueMaxCount and QueueMaxBytes bound each name's offline queue;
-	// beyond them providers get 503 with Retry-After.
-	QueueMaxCount int
-	QueueMaxBytes int64
+	// QueueMaxCount and QueueMaxBytes bound each name's offline queue,
+	// QueueMaxTotalBytes the bodies kept for all names together (the
+	// disk the queue may use); beyond them providers get 503 with
+	// Retry-After, checked against Content-Length before the body is read.
+	QueueMaxCount      int
+	QueueMaxBytes      int64
+	QueueMaxTotalBytes int64
+	// QueueSpoolers bounds how many offline deliveries are received at
+	// once (each holds about one 256 KiB chunk in memory); the others
+	// wait for a turn, then get 503.
+	QueueSpoolers int
+	// QueueMaxAttempts is how many times the local app may time out or
+	// fail on a queued delivery before it is dead-lettered: moved out of
+	// the queue, logged, and the deliveries behind it go on. An app that
+	// is not running, or a dropped session, does not count.
+	QueueMaxAttempts int
 
 	Logger  *slog.Logger
 	Version string // build version, reported to agents
@@ -90,6 +116,9 @@ const (
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultQueueMaxCount     = 10000
 	DefaultQueueMaxBytes     = 512 << 20
+	DefaultQueueMaxTotal     = 4 << 30
+	DefaultQueueSpoolers     = 16
+	DefaultQueueMaxAttempts  = 10
 )
 
 // ErrConfig wraps every configuration error.
@@ -155,6 +184,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.QueueMaxBytes == 0 {
 		c.QueueMaxBytes = DefaultQueueMaxBytes
 	}
+	c.QueueMaxTotalBytes = cmp.Or(c.QueueMaxTotalBytes, DefaultQueueMaxTotal)
+	c.QueueSpoolers = cmp.Or(c.QueueSpoolers, DefaultQueueSpoolers)
+	c.QueueMaxAttempts = cmp.Or(c.QueueMaxAttempts, DefaultQueueMaxAttempts)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -171,8 +203,18 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("--domain", "required (the apex, e.g. relay.example.com; its wildcard *.DOMAIN must point here too)")
 	case strings.ContainsAny(c.Domain, ":/ "):
 		return bad("--domain", "%q is not a host name", c.Domain)
-	case c.DataDir == "":
-		return bad("--data", "required (a directory for the database and certificates)")
+	case c.DataDir == "" && c.Database == "" && c.Store == nil:
+		return bad("--data", "required (a directory for the database and certificates), or --database")
+	case c.DataDir == "" && c.Dev:
+		return bad("--data", "required with --dev (the dev CA lives there)")
+	case c.Database != "" && c.Store != nil:
+		return bad("--database", "a Store is given already")
+	case c.QueueMaxCount < 0 || c.QueueMaxBytes < 0 || c.QueueMaxTotalBytes < 0:
+		return bad("--queue-max-*", "must be positive")
+	case c.QueueMaxBytes > c.QueueMaxTotalBytes:
+		return bad("--queue-max-bytes", "%d is over --queue-max-total-bytes %d", c.QueueMaxBytes, c.QueueMaxTotalBytes)
+	case c.QueueSpoolers < 0 || c.QueueMaxAttempts < 0:
+		return bad("queue settings", "must be positive")
 	case c.MaxBody < 0:
 		return bad("--max-body", "must be positive")
 	case c.MaxDeliveries < 2:

@@ -65,7 +65,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 	port := relaytest.FreePort(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 
-	out, err := exec.Command(bin, "token", "create", "--name", "fault", "--data", data).CombinedOutput()
+	out, err := exec.Command(bin, "token", "create", "--init", "--name", "fault", "--data", data).CombinedOutput()
 	if err != nil {
 		t.Fatalf("token create: %v %s", err, out)
 	}

@@ -27,6 +27,9 @@ func (e *edge) serveLog(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tok, err := s.store.Authenticate(r.Context(), secret)
+	if err == nil {
+		s.used.note(tok.ID)
+	}
 	if errors.Is(err, store.ErrBadToken) {
 		writeError(w, http.StatusUnauthorized, "unauthorized", "the token is unknown or revoked")
 		return
@@ -47,12 +50,12 @@ func (e *edge) serveLog(w http.ResponseWriter, r *http.Request) {
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	entries, err := s.db.DeliveryLog(r.Context(), name, limit)
+	entries, err := s.store.DeliveryLog(r.Context(), name, limit)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "log_unavailable", err.Error())
 		return
 	}
-	queued, _ := s.db.QueueLen(r.Context(), name)
+	queued, _ := s.store.QueueLen(r.Context(), name)
 	if entries == nil {
 		entries = []store.LogEntry{}
 	}

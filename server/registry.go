@@ -1,7 +1,9 @@
 package server
 
 import (
+	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/relaytunnel/relay/protocol"
@@ -18,6 +20,9 @@ type tunnel struct {
 	flight      inflight      // deliveries on this session
 	kick        chan struct{} // wakes the queue drainer
 	load        tunnelLoad    // the edge's slots and notices (edge.go)
+	queueCtx    context.Context
+	stopQueue   context.CancelFunc // ends the drainer: session over, replaced or revoked
+	revoked     atomic.Bool
 }
 
 // registry maps names to the tunnel serving them now.

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -26,23 +25,17 @@ import (
 	"github.com/relaytunnel/relay/server/store"
 )
 
-// Store is what the server needs from its state.
-type Store interface {
-	Authenticate(ctx context.Context, secret string) (store.Token, error)
-	NameOwner(ctx context.Context, name string) (string, error)
-}
-
 // Server is a running relay server. Start it with Start, stop it with
 // Shutdown.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	store Store
-	db    *store.Store // owned when opened by New
-	certs certs.Source
-	devCA *certs.DevCA
-	acme  *certs.ACME
-	reg   *registry
+	cfg      Config
+	log      *slog.Logger
+	store    Store
+	ownStore bool // opened by New, closed by Shutdown
+	certs    certs.Source
+	devCA    *certs.DevCA
+	acme     *certs.ACME
+	reg      *registry
 
 	tcpLn    net.Listener
 	udpConn  *net.UDPConn
@@ -58,6 +51,10 @@ type Server struct {
 	wg       sync.WaitGroup // accept loops and sessions
 	draining atomic.Bool
 	flight   inflight
+
+	spoolers chan struct{} // a slot per offline delivery being received
+	revoked  revokedTokens
+	used     tokenUses
 }
 
 // New opens the store and the certificate source and binds every
@@ -67,16 +64,35 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(ctx, cfg.DataDir)
-	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+	s := &Server{cfg: cfg, log: cfg.Logger, store: cfg.Store, reg: newRegistry(), spoolers: make(chan struct{}, cfg.QueueSpoolers)}
+	if s.store == nil {
+		st, err := OpenStore(ctx, StoreConfig{Database: cfg.Database, DataDir: cfg.DataDir, Create: true, RevocationPoll: cfg.RevocationPoll})
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		s.store, s.ownStore = st, true
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, db: st, reg: newRegistry()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.setup(); err != nil {
 		s.closeAll()
 		return nil, err
 	}
+	// Revocations are watched from before the first session is admitted,
+	// so none slips between a handshake and the watch.
+	revoked, err := s.store.WatchRevocations(s.ctx)
+	if err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("watch revocations: %w", err)
+	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.endRevoked(revoked)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.upkeep(s.ctx)
+	}()
 	return s, nil
 }
 
@@ -95,7 +111,7 @@ func (s *Server) setup() error {
 		s.certs, err = certs.LoadStatic(cfg.TLSCert, cfg.TLSKey, cfg.Domain)
 	default:
 		s.acme, err = certs.NewACME(certs.ACMEConfig{
-			Dir:          filepath.Join(cfg.DataDir, "acme"),
+			Cache:        s.store.CertCache(),
 			Email:        cfg.ACMEEmail,
 			DirectoryURL: cfg.ACMEDirectory,
 			HTTPClient:   cfg.ACMEHTTPClient,
@@ -257,6 +273,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) closeAll() {
 	s.cancel()
+	// The store's users (revocation watch, upkeep) end with s.ctx.
+	s.wg.Wait()
 	if s.quicTr != nil {
 		s.quicTr.Close()
 	}
@@ -269,8 +287,8 @@ func (s *Server) closeAll() {
 	if s.httpLn != nil {
 		s.httpLn.Close()
 	}
-	if s.db != nil {
-		s.db.Close()
+	if s.ownStore {
+		s.store.Close()
 	}
 }
 
@@ -331,8 +349,8 @@ func (s *Server) PublicURL(name string) string {
 	return "https://" + host
 }
 
-// Store gives the command line access to tokens on the same database.
-func (s *Server) Store() *store.Store { return s.db }
+// Store is the server's database, for the command line and tests.
+func (s *Server) Store() Store { return s.store }
 
 // newID is a sortable, unique id with a prefix: "dlv_" + time + random.
 func newID(prefix string) string {

@@ -54,6 +54,7 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		s.reject(sess, ctrl, rej)
 		return
 	}
+	defer t.stopQueue()
 	t.ctrl = protocol.NewControl(ctrl, s.cfg.Heartbeat)
 	log = log.With("name", t.name, "session", t.id)
 
@@ -81,6 +82,7 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 	ctrl.SetWriteDeadline(time.Time{})
 
 	if old != nil {
+		old.stopQueue()
 		// The same token reconnecting: the network dropped and the old
 		// session has not noticed yet. The newest one wins.
 		// Deliveries already on the old session may finish there; new
@@ -106,16 +108,18 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		}()
 	}
 	log.Info("agent connected", "agent", hello.Agent)
+	if s.revoked.has(t.tokenID) {
+		s.endSession(t) // revoked while it was being admitted
+	}
 
 	// The queue drains for as long as this session is the tunnel's.
-	qctx, stopQueue := context.WithCancel(ctx)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.drainQueue(qctx, t)
+		s.drainQueue(t.queueCtx, t)
 	}()
 	err = t.ctrl.Run(ctx)
-	stopQueue()
+	t.stopQueue()
 	s.reg.remove(t)
 	select {
 	case <-sess.Done():
@@ -143,6 +147,9 @@ func (s *Server) admit(ctx context.Context, h protocol.Hello, sess protocol.Sess
 		return nil, &protocol.Reject{Code: protocol.RejectUnavailable, Version: protocol.Version, Message: "server is shutting down; reconnect shortly"}
 	}
 	tok, err := s.store.Authenticate(ctx, h.Token)
+	if err == nil {
+		s.used.note(tok.ID)
+	}
 	if errors.Is(err, store.ErrBadToken) {
 		return nil, &protocol.Reject{Code: protocol.RejectBadToken, Version: protocol.Version,
 			Message: "the token is unknown or revoked; create one on the server with `relay token create --name NAME`"}
@@ -168,10 +175,12 @@ func (s *Server) admit(ctx context.Context, h protocol.Hello, sess protocol.Sess
 		return nil, &protocol.Reject{Code: protocol.RejectNameNotAllowed, Version: protocol.Version,
 			Message: fmt.Sprintf("token %s may serve %v, not %q; on the server: relay token create --name %s", tok.ID, tok.Names, name, name)}
 	}
-	if err := s.db.SetQueueing(ctx, name, !h.NoQueue); err != nil {
+	if err := s.store.SetQueueing(ctx, name, !h.NoQueue); err != nil {
 		s.log.Error("record queueing choice", "name", name, "err", err)
 	}
-	return &tunnel{name: name, tokenID: tok.ID, id: newID("ses"), sess: sess, connectedAt: time.Now(), kick: make(chan struct{}, 1)}, nil
+	t := &tunnel{name: name, tokenID: tok.ID, id: newID("ses"), sess: sess, connectedAt: time.Now(), kick: make(chan struct{}, 1)}
+	t.queueCtx, t.stopQueue = context.WithCancel(ctx)
+	return t, nil
 }
 
 // reject sends rj and waits briefly for the agent to hang up: closing the

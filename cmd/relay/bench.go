@@ -215,7 +215,7 @@ func runBench(ctx context.Context, o benchOptions, logw io.Writer) (*benchReport
 	ln.Close()
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 	data := filepath.Join(dir, "server")
-	out, err := exec.Command(o.relayBin, "token", "create", "--name", "bench", "--data", data).CombinedOutput()
+	out, err := exec.Command(o.relayBin, "token", "create", "--init", "--name", "bench", "--data", data).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("token create: %w: %s", err, out)
 	}

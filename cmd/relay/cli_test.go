@@ -48,7 +48,7 @@ func devServer(t *testing.T, dir string) *server.Server {
 
 func TestTokenCommands(t *testing.T) {
 	dir := t.TempDir()
-	code, out, errs := runCLI(t, "token", "create", "--name", "stripe-dev", "--data", dir)
+	code, out, errs := runCLI(t, "token", "create", "--init", "--name", "stripe-dev", "--data", dir)
 	if code != 0 {
 		t.Fatalf("create: %d %s", code, errs)
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/relaytunnel/relay/internal/pgtest"
 )
 
 var built struct {
@@ -17,8 +19,10 @@ var built struct {
 	out  []byte
 }
 
+// TestMain removes the built binary and stops the PostgreSQL server that
+// --database tests start.
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := pgtest.Run(m)
 	if built.dir != "" {
 		os.RemoveAll(built.dir)
 	}

@@ -36,6 +36,8 @@ type remoteLog struct {
 		Queued     bool      `json:"queued"`
 		Outcome    string    `json:"outcome"`
 		Status     int       `json:"status,omitempty"`
+		Attempts   int       `json:"attempts,omitempty"`
+		Error      string    `json:"error,omitempty"`
 		At         time.Time `json:"at"`
 	} `json:"entries"`
 }
@@ -105,7 +107,8 @@ func printRemote(w io.Writer, lg *remoteLog) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RECEIVED\tID\tMETHOD\tURI\tQUEUED\tOUTCOME\tSTATUS")
+	fmt.Fprintln(tw, "RECEIVED\tID\tMETHOD\tURI\tQUEUED\tOUTCOME\tSTATUS\tTRIES")
+	var dead []string
 	for _, e := range lg.Entries {
 		q := "-"
 		if e.Queued {
@@ -115,7 +118,25 @@ func printRemote(w io.Writer, lg *remoteLog) error {
 		if e.Status != 0 {
 			st = fmt.Sprint(e.Status)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ReceivedAt.Local().Format("Jan 02 15:04:05"), e.ID, e.Method, trunc(e.URI, 48), q, e.Outcome, st)
+		tries := "-"
+		if e.Attempts > 0 {
+			tries = fmt.Sprint(e.Attempts)
+		}
+		outcome := e.Outcome
+		if outcome == "dead_lettered" {
+			outcome = "DEAD LETTER"
+			dead = append(dead, fmt.Sprintf("%s %s %s was set aside after %d tries: %s", e.ID, e.Method, trunc(e.URI, 48), e.Attempts, e.Error))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ReceivedAt.Local().Format("Jan 02 15:04:05"), e.ID, e.Method, trunc(e.URI, 48), q, outcome, st, tries)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, d := range dead {
+		fmt.Fprintln(w, d)
+	}
+	if len(dead) > 0 {
+		fmt.Fprintln(w, "the local app failed or timed out on every try, so the queue moved on; your agent recorded each try: find it with relay requests, send it again with relay replay ID")
+	}
+	return nil
 }

@@ -67,7 +67,8 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 	f.StringVar(&cfg.QUICListen, "quic-listen", "", "UDP address for QUIC agents, or off (default: same as --listen)")
 	f.StringVar(&cfg.HTTPListen, "http-listen", "", "TCP address for ACME HTTP-01 and the HTTPS redirect, or off (default :80, dev off)")
 	f.IntVar(&cfg.PublicPort, "public-port", 0, "HTTPS port providers use, if not --listen's (for URLs)")
-	f.StringVar(&cfg.DataDir, "data", defaultServerData(), "directory for the database, ACME cache and dev CA")
+	f.StringVar(&cfg.DataDir, "data", defaultServerData(), "directory for the dev CA, and the database and ACME cache without --database")
+	f.StringVar(&cfg.Database, "database", "", "PostgreSQL URL (postgres://USER@HOST/DB) for tokens, names, queue, log and ACME cache, shared by several nodes")
 	f.BoolVar(&cfg.Dev, "dev", false, "loopback only, domain localhost, certificates from a dev CA in --data")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "certificate file (a wildcard for *.DOMAIN and DOMAIN); disables ACME")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "key file for --tls-cert")
@@ -76,6 +77,8 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 	f.Int64Var(&cfg.MaxBody, "max-body", server.DefaultMaxBody, "largest request body forwarded, in bytes (413 beyond)")
 	f.IntVar(&cfg.QueueMaxCount, "queue-max-count", server.DefaultQueueMaxCount, "deliveries kept per offline tunnel (503 beyond)")
 	f.Int64Var(&cfg.QueueMaxBytes, "queue-max-bytes", server.DefaultQueueMaxBytes, "bytes of bodies kept per offline tunnel (503 beyond)")
+	f.Int64Var(&cfg.QueueMaxTotalBytes, "queue-max-total-bytes", server.DefaultQueueMaxTotal, "bytes of bodies kept for all offline tunnels together (503 beyond)")
+	f.IntVar(&cfg.QueueMaxAttempts, "queue-max-attempts", server.DefaultQueueMaxAttempts, "times the local app may fail or time out on a queued delivery before it is dead-lettered")
 	f.DurationVar(&drain, "drain", 30*time.Second, "on SIGTERM, how long in-flight deliveries may take to finish")
 	return cmd
 }

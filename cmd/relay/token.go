@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -9,16 +11,43 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/relaytunnel/relay/server"
 	"github.com/relaytunnel/relay/server/store"
 )
 
+// tokenStore is what the token commands need of the server's database.
+type tokenStore interface {
+	CreateToken(ctx context.Context, names ...string) (store.Token, string, error)
+	ListTokens(ctx context.Context) ([]store.Token, error)
+	RevokeToken(ctx context.Context, id string) error
+	Close() error
+}
+
 func newTokenCmd() *cobra.Command {
-	var dataDir string
+	var dataDir, database string
+	var initDB bool
 	cmd := &cobra.Command{
 		Use:   "token",
-		Short: "Create, list and revoke agent tokens (on the server, same --data)",
+		Short: "Create, list and revoke agent tokens (on the server: same --data or --database)",
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data", defaultServerData(), "the server's --data directory")
+	cmd.PersistentFlags().StringVar(&database, "database", "", "the server's PostgreSQL URL (postgres://...), instead of --data")
+	// A token written where the server does not look is never seen by it:
+	// only --init (or the server's first start) makes a new database.
+	open := func(ctx context.Context, create bool) (tokenStore, error) {
+		st, err := server.OpenStore(ctx, server.StoreConfig{Database: database, DataDir: dataDir, Create: create})
+		if errors.Is(err, server.ErrNoDatabase) {
+			flag := "--data"
+			if database != "" {
+				flag = "--database"
+			}
+			return nil, fmt.Errorf("%w: pass the relay server's %s, or --init to create a new database there", err, flag)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return st, nil
+	}
 
 	var names []string
 	create := &cobra.Command{
@@ -29,7 +58,7 @@ func newTokenCmd() *cobra.Command {
 			if len(names) == 0 {
 				return fmt.Errorf("--name is required: the tunnel name this token may serve (NAME.DOMAIN)")
 			}
-			st, err := store.Open(cmd.Context(), dataDir)
+			st, err := open(cmd.Context(), initDB)
 			if err != nil {
 				return err
 			}
@@ -45,6 +74,7 @@ func newTokenCmd() *cobra.Command {
 		},
 	}
 	create.Flags().StringSliceVar(&names, "name", nil, "tunnel name this token may serve (repeatable)")
+	create.Flags().BoolVar(&initDB, "init", false, "create the database if there is none yet (before the server's first start)")
 
 	var asJSON bool
 	list := &cobra.Command{
@@ -52,7 +82,7 @@ func newTokenCmd() *cobra.Command {
 		Short: "List tokens (never their secrets)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := store.Open(cmd.Context(), dataDir)
+			st, err := open(cmd.Context(), false)
 			if err != nil {
 				return err
 			}
@@ -102,10 +132,10 @@ func newTokenCmd() *cobra.Command {
 
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
-		Short: "Revoke a token; its names become free and its agent is refused on reconnect",
+		Short: "Revoke a token: its names become free and a running server ends its sessions within seconds",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := store.Open(cmd.Context(), dataDir)
+			st, err := open(cmd.Context(), false)
 			if err != nil {
 				return err
 			}

@@ -23,8 +23,10 @@ const DefaultIssueTimeout = 30 * time.Second
 
 // ACMEConfig configures certificates from an ACME CA.
 type ACMEConfig struct {
-	// Dir caches the account key and certificates across restarts.
+	// Dir caches the account key and certificates across restarts,
+	// unless Cache is set (the server's database keeps them).
 	Dir   string
+	Cache autocert.Cache
 	Email string // optional contact for the CA's expiry notices
 	// DirectoryURL defaults to Let's Encrypt production.
 	DirectoryURL string
@@ -38,8 +40,8 @@ type ACMEConfig struct {
 
 func (c ACMEConfig) withDefaults() (ACMEConfig, error) {
 	switch {
-	case c.Dir == "":
-		return c, errors.New("acme: cache directory is required")
+	case c.Dir == "" && c.Cache == nil:
+		return c, errors.New("acme: a cache or a cache directory is required")
 	case c.Policy.Domain == "":
 		return c, errors.New("acme: domain is required")
 	case !strings.Contains(strings.Trim(c.Policy.Domain, "."), "."):
@@ -76,10 +78,14 @@ func NewACME(cfg ACMEConfig) (*ACME, error) {
 	if err != nil {
 		return nil, err
 	}
+	cache := cfg.Cache
+	if cache == nil {
+		cache = autocert.DirCache(cfg.Dir)
+	}
 	return &ACME{
 		m: &autocert.Manager{
 			Prompt:     autocert.AcceptTOS,
-			Cache:      autocert.DirCache(cfg.Dir),
+			Cache:      cache,
 			HostPolicy: cfg.Policy.Allow,
 			Email:      cfg.Email,
 			Client: &acme.Client{
