@@ -188,7 +188,7 @@ func TestAgentReconnectsAfterTheServerIsKilled(t *testing.T) {
 			dir := t.TempDir()
 			data := filepath.Join(dir, "server")
 			listen := fmt.Sprintf("127.0.0.1:%d", relaytest.FreePort(t))
-			out, err := exec.Command(bin, "token", "create", "--name", "phoenix", "--data", data).CombinedOutput()
+			out, err := exec.Command(bin, "token", "create", "--init", "--name", "phoenix", "--data", data).CombinedOutput()
 			if err != nil {
 				t.Fatalf("token create: %v %s", err, out)
 			}

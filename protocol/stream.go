@@ -14,8 +14,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/quic-go/quic-go"
 )
 
 // Both ends of a delivery stream live in this file. The server's end is
@@ -758,11 +756,10 @@ func (in *Inbound) close(abort bool) {
 		in.st.Close()
 	} else {
 		in.st.CloseWrite()
-		// A QUIC stream counts against the session's stream limit until
-		// its receive side is done too; nothing more is read.
-		if r, ok := in.st.(interface{ CancelRead(quic.StreamErrorCode) }); ok {
-			r.CancelRead(0)
-		}
+		// Nothing more is read: a Close after CloseWrite ends only the
+		// receive side (a QUIC stream counts against the session's stream
+		// limit until its receive side is done too).
+		in.st.Close()
 	}
 	select {
 	case <-in.eof:

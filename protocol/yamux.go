@@ -104,10 +104,19 @@ type yamuxSession struct {
 	errOnce sync.Once
 	err     error // why the session ended; set before it ends
 	wg      sync.WaitGroup
+
+	// The streams not yet closed, so that end can release their readers
+	// before yamux shuts down: yamux v0.1.2's Read loops without
+	// blocking from the moment its session closes until it reaches that
+	// stream in its force-close, and with many idle streams the spinning
+	// readers starve the close itself for seconds on a busy machine.
+	smu     sync.Mutex
+	streams map[*yamuxStream]struct{}
+	ended   bool
 }
 
 func newYamuxSession(ys *yamux.Session, conn *yamuxConn, l Liveness) *yamuxSession {
-	s := &yamuxSession{s: ys, conn: conn}
+	s := &yamuxSession{s: ys, conn: conn, streams: make(map[*yamuxStream]struct{})}
 	s.dog = newWatchdog(l, conn.received.Load, conn.sent.Load, conn.keepalive)
 	s.wg.Add(1)
 	go func() {
@@ -132,8 +141,45 @@ func SetLiveness(sess Session, l Liveness) {
 // watchdog (which may be the caller).
 func (s *yamuxSession) end(err error) {
 	s.setErr(err)
+	s.smu.Lock()
+	s.ended = true
+	open := make([]*yamuxStream, 0, len(s.streams))
+	for st := range s.streams {
+		open = append(open, st)
+	}
+	s.smu.Unlock()
+	for _, st := range open {
+		st.Stream.SetReadDeadline(time.Unix(1, 0))
+	}
 	s.s.Close()
 	s.conn.Close()
+}
+
+// stream wraps st and tracks it until it is closed.
+func (s *yamuxSession) stream(st *yamux.Stream) *yamuxStream {
+	ys := &yamuxStream{Stream: st, conn: s.conn, sess: s}
+	s.smu.Lock()
+	ended := s.ended
+	if !ended {
+		s.streams[ys] = struct{}{}
+	}
+	s.smu.Unlock()
+	if ended {
+		st.SetReadDeadline(time.Unix(1, 0))
+	}
+	return ys
+}
+
+func (s *yamuxSession) closed(st *yamuxStream) {
+	s.smu.Lock()
+	delete(s.streams, st)
+	s.smu.Unlock()
+}
+
+func (s *yamuxSession) isEnded() bool {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	return s.ended
 }
 
 // setErr keeps the first reason the session ended. A connection that had
@@ -162,7 +208,7 @@ func (s *yamuxSession) OpenStream(ctx context.Context) (Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &yamuxStream{Stream: st, conn: s.conn}, nil
+	return s.stream(st), nil
 }
 
 func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
@@ -170,7 +216,7 @@ func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &yamuxStream{Stream: st, conn: s.conn}, nil
+	return s.stream(st), nil
 }
 
 // Close ends the session and waits for its watchdog.
@@ -197,6 +243,7 @@ func (s *yamuxSession) Err() error {
 type yamuxStream struct {
 	*yamux.Stream
 	conn    *yamuxConn
+	sess    *yamuxSession
 	aborted atomic.Bool
 	finSent atomic.Bool
 	once    sync.Once
@@ -207,9 +254,10 @@ func (s *yamuxStream) Read(p []byte) (int, error) {
 		return 0, ErrStreamAborted
 	}
 	n, err := s.Stream.Read(p)
-	if err == io.EOF && !s.conn.finished(s.StreamID()) {
+	if (err == io.EOF && !s.conn.finished(s.StreamID())) || (errors.Is(err, yamux.ErrTimeout) && s.sess.isEnded()) {
 		// yamux ends every stream with a clean EOF when the session
-		// ends; only the peer's FIN is the end of the stream.
+		// ends (and end releases readers with a past deadline); only the
+		// peer's FIN is the end of the stream.
 		return n, fmt.Errorf("%w before the stream ended: %w", ErrSessionClosed, io.ErrUnexpectedEOF)
 	}
 	return n, s.streamErr(err)
@@ -283,6 +331,7 @@ func (s *yamuxStream) Close() error {
 		}
 		s.Stream.Close()
 		s.conn.forget(s.StreamID())
+		s.sess.closed(s)
 	})
 	return nil
 }

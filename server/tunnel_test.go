@@ -683,7 +683,7 @@ func TestAFloodOfStalledUploadsLeavesTheAgentsMemoryAlone(t *testing.T) {
 	bin := relaytest.BuildRelay(t)
 	dir := t.TempDir()
 	data := dir + "/server"
-	out, err := exec.Command(bin, "token", "create", "--name", "flood", "--data", data).CombinedOutput()
+	out, err := exec.Command(bin, "token", "create", "--init", "--name", "flood", "--data", data).CombinedOutput()
 	if err != nil {
 		t.Fatalf("token create: %v %s", err, out)
 	}

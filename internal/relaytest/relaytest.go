@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -150,7 +151,9 @@ func startAgent(t testing.TB, cfg client.Config) (*client.Agent, <-chan error, f
 			select {
 			case <-done:
 			case <-time.After(15 * time.Second):
-				t.Error("agent did not stop within 15s")
+				var stacks strings.Builder
+				pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+				t.Errorf("agent did not stop within 15s; goroutines:\n%s", stacks.String())
 			}
 		})
 	}
