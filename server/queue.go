@@ -239,7 +239,10 @@ func (t *tunnel) kickQueue() {
 // store while it hands over, so a replaced session here, or a session on
 // another node, never hands over the same delivery at once.
 func (s *Server) drainQueue(ctx context.Context, t *tunnel) {
-	claimTTL := s.cfg.ResponseTimeout + time.Minute
+	// A claim is short and renewed while a hand-over runs, so the claim
+	// of a process that was killed holds its name's queue for seconds,
+	// not for a response timeout.
+	const claimTTL = 10 * time.Second
 	var claimed time.Time // zero: not holding the claim
 	release := func() {
 		if claimed.IsZero() {
@@ -284,7 +287,10 @@ func (s *Server) drainQueue(ctx context.Context, t *tunnel) {
 			claimed = time.Now()
 			continue
 		}
+		stopRenew := s.renewClaim(ctx, t, claimTTL)
 		status, herr := s.handOver(ctx, t, q)
+		stopRenew()
+		claimed = time.Now()
 		if herr == nil {
 			failures = 0
 			if err := s.store.Ack(context.WithoutCancel(ctx), q, store.OutcomeDelivered, status); err != nil {
@@ -299,6 +305,29 @@ func (s *Server) drainQueue(ctx context.Context, t *tunnel) {
 		failures++
 		s.waitQueue(ctx, t, backoff(failures))
 	}
+}
+
+// renewClaim renews t's claim on its queue every third of ttl until the
+// returned stop is called (a hand-over may outlast the claim).
+func (s *Server) renewClaim(ctx context.Context, t *tunnel, ttl time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(ttl / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if _, err := s.store.ClaimQueue(ctx, t.name, t.id, ttl); err != nil && ctx.Err() == nil {
+					s.log.Warn("renew queue claim", "name", t.name, "err", err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // attempted records a failed hand-over and dead-letters a delivery the
