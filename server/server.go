@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -124,20 +125,11 @@ func (s *Server) setup() error {
 		return fmt.Errorf("certificates: %w", err)
 	}
 
-	s.tcpLn, err = cfg.Sockets.listenTCP(cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	if err := s.listenTCPAndUDP(); err != nil {
+		return err
 	}
 	if cfg.QUICListen != "off" {
-		qaddr := cfg.QUICListen
-		if qaddr == cfg.Listen {
-			// Same address: bind UDP on the port TCP actually got (":0").
-			host, _, _ := net.SplitHostPort(cfg.Listen)
-			qaddr = net.JoinHostPort(host, strconv.Itoa(s.tcpLn.Addr().(*net.TCPAddr).Port))
-		}
-		if s.udpConn, err = cfg.Sockets.listenUDP(qaddr); err != nil {
-			return fmt.Errorf("quic listen %s: %w", qaddr, err)
-		}
+		qaddr := s.udpConn.LocalAddr().String()
 		key, err := loadResetKey(cfg.DataDir)
 		if err != nil {
 			return fmt.Errorf("quic stateless reset key: %w", err)
@@ -398,5 +390,35 @@ func (f *inflight) wait(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("deliveries still in flight: %w", ctx.Err())
+	}
+}
+
+// listenTCPAndUDP binds --listen and, unless QUIC is off, --quic-listen.
+// QUIC on --listen's address takes the port TCP got; with port 0 the
+// kernel chose it for TCP alone and another process may hold it for UDP,
+// so a few other ports are tried.
+func (s *Server) listenTCPAndUDP() error {
+	cfg := s.cfg
+	host, port, _ := net.SplitHostPort(cfg.Listen)
+	for attempt := 0; ; attempt++ {
+		var err error
+		if s.tcpLn, err = cfg.Sockets.listenTCP(cfg.Listen); err != nil {
+			return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		}
+		if cfg.QUICListen == "off" {
+			return nil
+		}
+		qaddr := cfg.QUICListen
+		if qaddr == cfg.Listen {
+			qaddr = net.JoinHostPort(host, strconv.Itoa(s.tcpLn.Addr().(*net.TCPAddr).Port))
+		}
+		if s.udpConn, err = cfg.Sockets.listenUDP(qaddr); err == nil {
+			return nil
+		}
+		if port == "0" && qaddr != cfg.QUICListen && attempt < 10 && errors.Is(err, syscall.EADDRINUSE) {
+			s.tcpLn.Close()
+			continue
+		}
+		return fmt.Errorf("quic listen %s: %w", qaddr, err)
 	}
 }
