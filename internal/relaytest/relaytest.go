@@ -40,7 +40,10 @@ func StartServer(t testing.TB, mods ...func(*server.Config)) *server.Server {
 	// Liveness timings are the release defaults: a test under -race on a
 	// loaded machine can starve a goroutine for seconds, and only a test
 	// about noticing a dead peer should shorten them.
-	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir()}
+	// The TLS handshake and headers get a minute, not the release 10 s:
+	// a burst of 200 handshakes under -race with every CPU busy can take
+	// longer, and only the slowloris test is about that limit.
+	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), ReadHeaderTimeout: time.Minute}
 	for _, m := range mods {
 		m(&cfg)
 	}
