@@ -32,16 +32,30 @@ func RSS() uint64 {
 
 // WatchRSS samples RSS until the returned function is called, which
 // reports the peak.
-func WatchRSS(t testing.TB) func() uint64 {
+func WatchRSS(t testing.TB) func() uint64 { return watchPeak(t, 5*time.Millisecond, RSS) }
+
+// WatchHeap samples the Go heap in use until the returned function is
+// called, which reports the peak.
+func WatchHeap(t testing.TB) func() uint64 {
+	return watchPeak(t, 2*time.Millisecond, func() uint64 {
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapInuse
+	})
+}
+
+// watchPeak samples f every interval, after a collection, until the
+// returned function is called; it reports the largest sample.
+func watchPeak(t testing.TB, every time.Duration, f func() uint64) func() uint64 {
 	runtime.GC()
 	stop := make(chan struct{})
 	done := make(chan uint64)
 	go func() {
 		var peak uint64
-		tick := time.NewTicker(5 * time.Millisecond)
+		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
-			peak = max(peak, RSS())
+			peak = max(peak, f())
 			select {
 			case <-stop:
 				done <- peak
@@ -52,10 +66,10 @@ func WatchRSS(t testing.TB) func() uint64 {
 	}()
 	var once sync.Once
 	var peak uint64
-	f := func() uint64 {
+	report := func() uint64 {
 		once.Do(func() { close(stop); peak = <-done })
 		return peak
 	}
-	t.Cleanup(func() { f() })
-	return f
+	t.Cleanup(func() { report() })
+	return report
 }

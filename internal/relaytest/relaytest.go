@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -225,38 +224,6 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// WatchHeap samples the heap in use until the returned function is
-// called, which reports the peak.
-func WatchHeap(t testing.TB) func() uint64 {
-	runtime.GC()
-	stop := make(chan struct{})
-	done := make(chan uint64)
-	go func() {
-		var peak uint64
-		tick := time.NewTicker(2 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			peak = max(peak, m.HeapInuse)
-			select {
-			case <-stop:
-				done <- peak
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	var once sync.Once
-	var peak uint64
-	f := func() uint64 {
-		once.Do(func() { close(stop); peak = <-done })
-		return peak
-	}
-	t.Cleanup(func() { f() })
-	return f
 }
 
 // App serves h on loopback until the test ends and returns its URL.
