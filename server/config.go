@@ -25,6 +25,9 @@ type Config struct {
 	QUICListen string
 	// HTTPListen answers ACME HTTP-01 and redirects to HTTPS; "off" disables it.
 	HTTPListen string
+	// MetricsListen serves /metrics (Prometheus) and /healthz; "" or "off"
+	// disables it. `relay server` defaults to DefaultMetricsListen.
+	MetricsListen string
 	// PublicPort is the port providers use, when it differs from Listen's
 	// (a port forward); 0 means Listen's port. 443 is left out of URLs.
 	PublicPort int
@@ -119,6 +122,9 @@ const (
 	DefaultQueueMaxTotal     = 4 << 30
 	DefaultQueueSpoolers     = 16
 	DefaultQueueMaxAttempts  = 10
+	// DefaultMetricsListen is loopback (the metrics name every tunnel), on
+	// a port beside, not on, Prometheus's own 9090.
+	DefaultMetricsListen = "127.0.0.1:9190"
 )
 
 // ErrConfig wraps every configuration error.
@@ -187,6 +193,9 @@ func (c Config) withDefaults() (Config, error) {
 	c.QueueMaxTotalBytes = cmp.Or(c.QueueMaxTotalBytes, DefaultQueueMaxTotal)
 	c.QueueSpoolers = cmp.Or(c.QueueSpoolers, DefaultQueueSpoolers)
 	c.QueueMaxAttempts = cmp.Or(c.QueueMaxAttempts, DefaultQueueMaxAttempts)
+	if c.MetricsListen == "" {
+		c.MetricsListen = "off"
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -228,7 +237,7 @@ func (c Config) withDefaults() (Config, error) {
 	case c.Heartbeat < 10*time.Millisecond:
 		return bad("heartbeat", "too short")
 	}
-	for _, a := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--quic-listen", c.QUICListen}, {"--http-listen", c.HTTPListen}} {
+	for _, a := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--quic-listen", c.QUICListen}, {"--http-listen", c.HTTPListen}, {"--metrics-listen", c.MetricsListen}} {
 		if a.addr == "off" {
 			continue
 		}

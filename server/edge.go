@@ -126,6 +126,7 @@ func (e *edge) serveNoAgent(w http.ResponseWriter, r *http.Request, name string)
 		writeError(w, http.StatusNotFound, "unknown_tunnel", fmt.Sprintf("no tunnel named %q on this relay", name))
 		return
 	}
+	start := time.Now()
 	body := e.limitBody(w, r)
 	tw := &trackedWriter{ResponseWriter: w, body: body}
 	e.serveOffline(tw, r, name)
@@ -136,20 +137,23 @@ func (e *edge) serveNoAgent(w http.ResponseWriter, r *http.Request, name string)
 			body.closeUnlessRead(w)
 			writeError(w, status, code, msg)
 		}
+		tw.status = status
 	}
+	e.s.metrics.delivered(name, transportOffline, tw.status, time.Since(start), body.bytes(), 0)
 }
 
 // trackedWriter notes whether a handler answered, and closes the
 // connection after an answer given before the body was read.
 type trackedWriter struct {
 	http.ResponseWriter
-	body  *edgeBody
-	wrote bool
+	body   *edgeBody
+	wrote  bool
+	status int
 }
 
 func (w *trackedWriter) WriteHeader(code int) {
 	if !w.wrote {
-		w.wrote = true
+		w.wrote, w.status = true, code
 		w.body.closeUnlessRead(w.ResponseWriter)
 	}
 	w.ResponseWriter.WriteHeader(code)
@@ -326,6 +330,7 @@ func (e *edge) logDelivery(t *tunnel, r *http.Request, status int, start time.Ti
 		slog.String("name", t.name), slog.String("method", r.Method), slog.String("path", r.URL.Path),
 		slog.Int("status", status), slog.Duration("duration", time.Since(start)),
 		slog.Int64("bytes_in", in), slog.Int64("bytes_out", out))
+	e.s.metrics.delivered(t.name, t.sess.Transport(), status, time.Since(start), in, out)
 }
 
 // tell queues a refusal for the tunnel's agent; one notice stream at a

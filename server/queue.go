@@ -347,6 +347,7 @@ func (s *Server) attempted(ctx context.Context, t *tunnel, q *store.Queued, stat
 		s.log.Error("dead-letter queued delivery", "name", t.name, "id", q.DeliveryID, "err", err)
 		return
 	}
+	s.metrics.dead.WithLabelValues(t.name).Inc()
 	s.log.Warn("queued delivery dead-lettered: the local app failed on it every time; the queue moves on",
 		"name", t.name, "id", q.DeliveryID, "method", q.Method, "uri", q.URI, "attempts", q.Attempts, "failures", q.Failures, "last_error", herr)
 }

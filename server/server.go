@@ -47,6 +47,10 @@ type Server struct {
 	redirect *http.Server
 	edge     *edge
 
+	metrics   *metrics
+	metricsLn net.Listener
+	metricsHS *http.Server
+
 	ctx      context.Context // ends sessions on Shutdown
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup // accept loops and sessions
@@ -66,6 +70,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, store: cfg.Store, reg: newRegistry(), spoolers: make(chan struct{}, cfg.QueueSpoolers)}
+	s.metrics = newMetrics(s)
 	if s.store == nil {
 		st, err := OpenStore(ctx, StoreConfig{Database: cfg.Database, DataDir: cfg.DataDir, Create: true, RevocationPoll: cfg.RevocationPoll})
 		if err != nil {
@@ -147,6 +152,9 @@ func (s *Server) setup() error {
 			return fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
 		}
 	}
+	if s.metricsLn, err = s.listenMetrics(); err != nil {
+		return err
+	}
 	if err := cfg.Sockets.unused(); err != nil {
 		return err
 	}
@@ -178,6 +186,9 @@ func (s *Server) setup() error {
 		}
 		s.redirect = &http.Server{Handler: h, ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout}
 	}
+	if s.metricsLn != nil {
+		s.metricsHS = &http.Server{Handler: s.metricsHandler(), ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout}
+	}
 	return nil
 }
 
@@ -206,8 +217,17 @@ func (s *Server) Start() {
 			s.acceptQUIC()
 		}()
 	}
+	if s.metricsHS != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.metricsHS.Serve(s.metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("metrics listener stopped", "err", err)
+			}
+		}()
+	}
 	s.log.Info("relay server listening", "domain", s.cfg.Domain, "https", s.tcpLn.Addr().String(),
-		"quic", s.QUICAddr(), "http", s.HTTPAddr())
+		"quic", s.QUICAddr(), "http", s.HTTPAddr(), "metrics", s.MetricsAddr())
 }
 
 func (s *Server) acceptQUIC() {
@@ -255,6 +275,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = herr
 	}
 	s.https.Close()
+	if s.metricsHS != nil {
+		// Scraped until the end: /healthz says 503 while deliveries drain.
+		s.metricsHS.Close()
+	}
 	s.wg.Wait()
 	s.closeAll()
 	if err != nil {
@@ -278,6 +302,9 @@ func (s *Server) closeAll() {
 	}
 	if s.httpLn != nil {
 		s.httpLn.Close()
+	}
+	if s.metricsLn != nil {
+		s.metricsLn.Close()
 	}
 	if s.ownStore {
 		s.store.Close()

@@ -43,6 +43,7 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 	var hello protocol.Hello
 	if err := protocol.ReadMessage(ctrl, protocol.FrameHello, &hello); err != nil {
 		log.Info("agent handshake failed", "err", err)
+		s.metrics.rejected(protocol.RejectBadRequest)
 		s.reject(sess, ctrl, &protocol.Reject{Code: protocol.RejectBadRequest, Version: protocol.Version, Message: err.Error()})
 		return
 	}
@@ -51,6 +52,7 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 	t, rej := s.admit(ctx, hello, sess)
 	if rej != nil {
 		log.Info("agent refused", "code", rej.Code, "reason", rej.Message)
+		s.metrics.rejected(rej.Code)
 		s.reject(sess, ctrl, rej)
 		return
 	}
@@ -108,6 +110,7 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		}()
 	}
 	log.Info("agent connected", "agent", hello.Agent)
+	defer s.metrics.sessionOpened(sess.Transport())()
 	if s.revoked.has(t.tokenID) {
 		s.endSession(t) // revoked while it was being admitted
 	}

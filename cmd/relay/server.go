@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -35,7 +36,13 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 			}
 			cfg.Sockets = sockets
 			inherited := sockets.Len()
+			if cfg.Dev && !cmd.Flags().Changed("metrics-listen") {
+				cfg.MetricsListen = "off" // a sandbox on a laptop; ask for it to get it
+			}
 			srv, err := server.New(cmd.Context(), cfg)
+			if errors.Is(err, server.ErrConfig) {
+				return usageError{err.Error()}
+			}
 			if err != nil {
 				return err
 			}
@@ -47,6 +54,9 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 			}
 			if a := srv.HTTPAddr(); a != "" {
 				fmt.Fprintf(out, "  http (acme, redirect): %s\n", a)
+			}
+			if a := srv.MetricsAddr(); a != "" {
+				fmt.Fprintf(out, "  metrics: http://%s/metrics (and /healthz)\n", a)
 			}
 			if p := srv.DevCAPath(); p != "" {
 				fmt.Fprintf(out, "  dev CA: %s (agents: --ca %s)\n", p, p)
@@ -66,6 +76,7 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 	f.StringVar(&cfg.Listen, "listen", "", "TCP address for HTTPS and agents (default :443, dev 127.0.0.1:8443)")
 	f.StringVar(&cfg.QUICListen, "quic-listen", "", "UDP address for QUIC agents, or off (default: same as --listen)")
 	f.StringVar(&cfg.HTTPListen, "http-listen", "", "TCP address for ACME HTTP-01 and the HTTPS redirect, or off (default :80, dev off)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", server.DefaultMetricsListen, "TCP address for Prometheus /metrics and /healthz, or off (dev: off unless given)")
 	f.IntVar(&cfg.PublicPort, "public-port", 0, "HTTPS port providers use, if not --listen's (for URLs)")
 	f.StringVar(&cfg.DataDir, "data", defaultServerData(), "directory for the dev CA, and the database and ACME cache without --database")
 	f.StringVar(&cfg.Database, "database", "", "PostgreSQL URL (postgres://USER@HOST/DB) for tokens, names, queue, log and ACME cache, shared by several nodes")
