@@ -43,7 +43,8 @@ type Agent struct {
 	probing  atomic.Bool    // a QUIC upgrade handshake is under way
 	current  atomic.Pointer[sessionState]
 
-	rec *recorder // nil without a store
+	rec     *recorder // nil without a store
+	metrics *metrics
 
 	// OnRecorded, when set before Run, is called with the id of every
 	// recording the agent writes, replays included (the inspector's feed).
@@ -67,7 +68,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: r, ready: make(chan struct{}), fwd: newLocalApp(r), dedup: newDedup(r.Store, r.DedupWindow, r.Logger)}
+	a := &Agent{cfg: r, ready: make(chan struct{}), fwd: newLocalApp(r), dedup: newDedup(r.Store, r.DedupWindow, r.Logger), metrics: newMetrics()}
 	a.console.w = r.Console
 	if r.Store != nil {
 		a.rec = newRecorder(r.Store, r.Logger, &a.console)
@@ -126,15 +127,18 @@ func (a *Agent) Run(ctx context.Context) error {
 			if l.upgraded {
 				a.say("moved to QUIC")
 			} else if connected {
+				a.metrics.reconnects.Inc()
 				a.say("connected again via %s: %s", transportName(l.sess), a.Welcome().URL)
 			} else {
 				w := a.Welcome()
 				a.say("connected via %s: %s -> %s", transportName(l.sess), w.URL, a.cfg.target)
 			}
 			connected = true
+			a.metrics.setConnected(true)
 			a.readyOK.Do(func() { close(a.ready) })
 			began := time.Now()
 			next, err = a.serve(ctx, l)
+			a.metrics.setConnected(next != nil) // an upgrade to QUIC is no disconnection
 			retry.sessionEnded(time.Since(began), time.Now())
 			if next != nil {
 				next.upgraded = true

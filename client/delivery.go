@@ -124,6 +124,7 @@ func (a *Agent) serveStream(st protocol.Stream, transport string, busy *atomic.I
 			busy.Add(-1)
 		}
 		d.finished = time.Now()
+		a.metrics.delivered(d)
 		a.record(d, a.report(d))
 		if !in.Kept() {
 			return

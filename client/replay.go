@@ -114,6 +114,7 @@ func (a *Agent) Replay(ctx context.Context, id int64, edit *ReplayEdit) (*record
 		Secrets: a.cfg.Secrets,
 		Client:  &http.Client{Transport: a.fwd.transport, Timeout: a.cfg.Timeout, CheckRedirect: noRedirect},
 	})
+	a.metrics.replayed(err)
 	if err != nil {
 		if !errors.Is(err, ErrBadEdit) { // the page says what was wrong with its edit
 			fmt.Fprintf(a.cfg.Console, "%s replay of #%d failed: %v\n", time.Now().Format("15:04:05"), id, err)

@@ -42,6 +42,10 @@ type Options struct {
 	Connected <-chan struct{}
 	// Logger receives debug lines; nil discards them.
 	Logger *slog.Logger
+	// Metrics and Health, when set, are served at /metrics (the agent's
+	// Prometheus metrics) and /healthz: a scraper on this machine finds
+	// them beside the page.
+	Metrics, Health http.Handler
 }
 
 // Info is what the page's header and empty state say about the agent.
@@ -100,6 +104,12 @@ func New(st *record.Store, opt Options) *Server {
 		keepAlive: 15 * time.Second,
 	}
 	s.mux = s.routes()
+	if opt.Metrics != nil {
+		s.mux.Handle("GET /metrics", opt.Metrics)
+	}
+	if opt.Health != nil {
+		s.mux.Handle("GET /healthz", opt.Health)
+	}
 	return s
 }
 

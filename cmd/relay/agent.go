@@ -102,6 +102,8 @@ func (o *agentOptions) run(cmd *cobra.Command, cfg client.Config) error {
 			},
 			Connected: a.Ready(),
 			Logger:    cfg.Logger,
+			Metrics:   a.MetricsHandler(),
+			Health:    a.HealthHandler(),
 		})
 		a.OnRecorded = ins.Notify
 		addrFile := filepath.Join(o.dataDir, inspectorFile)
