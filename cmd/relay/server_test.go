@@ -31,7 +31,7 @@ func TestQUICListensWhereTCPDoesOutsideDev(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"server", "--domain", "relay.example.com", "--listen", "127.0.0.1:0",
-			"--http-listen", "off", "--data", t.TempDir(), "--acme-directory", "https://127.0.0.1:1/directory"}, console, console)
+			"--http-listen", "off", "--metrics-listen", "off", "--data", t.TempDir(), "--acme-directory", "https://127.0.0.1:1/directory"}, console, console)
 	}()
 	defer func() { cancel(); <-done }()
 	tcp := regexp.MustCompile(`https\+agents \(tcp\): (\S+)`)
