@@ -82,9 +82,14 @@ func newMetrics(s *Server) *metrics {
 		&stateCollector{s: s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// 0, not absent, before the first: rate() and alerts see a start.
 	for _, tr := range []string{protocol.TransportQUIC, protocol.TransportTCP} {
-		m.sessions.WithLabelValues(tr) // 0, not absent, before the first agent
+		m.sessions.WithLabelValues(tr)
 		m.sessTotal.WithLabelValues(tr)
+	}
+	for _, c := range []protocol.RejectCode{protocol.RejectBadToken, protocol.RejectNameTaken, protocol.RejectNameNotAllowed,
+		protocol.RejectVersionMismatch, protocol.RejectBadRequest, protocol.RejectUnavailable} {
+		m.rejections.WithLabelValues(string(c))
 	}
 	return m
 }

@@ -2,10 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/relaytunnel/relay/internal/relaytest"
 	"github.com/relaytunnel/relay/server"
@@ -77,4 +83,115 @@ func TestServerMetricsListenFlag(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTheGrafanaDashboardParsesAndUsesOnlyMetricsRelayExposes scrapes a
+// live server and agent after a delivery, and holds every expression of
+// deploy/grafana-relay.json to the metric names they expose.
+func TestTheGrafanaDashboardParsesAndUsesOnlyMetricsRelayExposes(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/grafana-relay.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		UID, Title string
+		Schema     int `json:"schemaVersion"`
+		Panels     []dashPanel
+		Templating struct {
+			List []struct {
+				Name  string
+				Query any
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("deploy/grafana-relay.json: %v", err)
+	}
+	if dash.UID == "" || dash.Title == "" || dash.Schema == 0 || len(dash.Panels) == 0 {
+		t.Fatalf("not a Grafana dashboard: uid %q, title %q, schemaVersion %d, %d panels", dash.UID, dash.Title, dash.Schema, len(dash.Panels))
+	}
+	var exprs []string
+	ids := map[int]bool{}
+	var walk func([]dashPanel)
+	walk = func(ps []dashPanel) {
+		for _, p := range ps {
+			if ids[p.ID] {
+				t.Errorf("panel id %d used twice", p.ID)
+			}
+			ids[p.ID] = true
+			if g := p.GridPos; g.W <= 0 || g.H <= 0 || g.X+g.W > 24 {
+				t.Errorf("panel %q: gridPos %+v does not fit a 24-column row", p.Title, g)
+			}
+			walk(p.Panels)
+			if p.Type == "row" {
+				continue
+			}
+			if len(p.Targets) == 0 {
+				t.Errorf("panel %q has no query", p.Title)
+			}
+			for _, q := range p.Targets {
+				if q.Expr == "" || q.RefID == "" {
+					t.Errorf("panel %q: a target without expr or refId", p.Title)
+				}
+				exprs = append(exprs, q.Expr)
+			}
+		}
+	}
+	walk(dash.Panels)
+	for _, v := range dash.Templating.List {
+		if q, ok := v.Query.(map[string]any); ok {
+			exprs = append(exprs, fmt.Sprint(q["query"]))
+		}
+	}
+
+	// A live server and agent, after one delivery.
+	srv := relaytest.StartServer(t, func(c *server.Config) { c.MetricsListen = "127.0.0.1:0" })
+	a := relaytest.RunAgent(t, relaytest.AgentConfig(srv, "tcp", relaytest.CreateToken(t, srv, "dash"), "dash", relaytest.EchoApp(t).URL))
+	agentMetrics := httptest.NewServer(a.MetricsHandler())
+	defer agentMetrics.Close()
+	resp, err := relaytest.ProviderClient(t, srv).Post(relaytest.TunnelURL(srv, "dash", "/"), "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	exposed := map[string]bool{}
+	relaytest.WaitFor(t, "the delivery in both scrapes", func() bool {
+		clear(exposed)
+		for _, u := range []string{"http://" + srv.MetricsAddr() + "/metrics", agentMetrics.URL} {
+			for name, f := range relaytest.Scrape(t, u) {
+				exposed[name] = true
+				if f.GetType() == dto.MetricType_HISTOGRAM {
+					exposed[name+"_bucket"], exposed[name+"_sum"], exposed[name+"_count"] = true, true, true
+				}
+			}
+		}
+		return exposed["relay_delivery_duration_seconds_bucket"] && exposed["relay_agent_delivery_duration_seconds_bucket"]
+	})
+	used := map[string]bool{}
+	for _, e := range exprs {
+		for _, name := range regexp.MustCompile(`\brelay_[a-z0-9_]+`).FindAllString(e, -1) {
+			used[name] = true
+			if !exposed[name] {
+				t.Errorf("the dashboard queries %s, which neither the server nor the agent exposes (in %q)", name, e)
+			}
+		}
+	}
+	for _, want := range []string{"relay_deliveries_total", "relay_delivery_duration_seconds_bucket", "relay_sessions",
+		"relay_queue_depth", "relay_queue_oldest_age_seconds", "relay_certificate_expiry_timestamp_seconds", "relay_agent_reconnects_total"} {
+		if !used[want] {
+			t.Errorf("the dashboard has no panel on %s", want)
+		}
+	}
+}
+
+type dashPanel struct {
+	ID      int `json:"id"`
+	Type    string
+	Title   string
+	GridPos struct{ X, Y, W, H int }
+	Targets []struct {
+		RefID string `json:"refId"`
+		Expr  string
+	}
+	Panels []dashPanel // a collapsed row's
 }
