@@ -229,12 +229,13 @@ func (s *Server) certExpiries(ctx context.Context, names []string) (map[string]t
 			}
 		}
 	default:
+		// Static: one certificate whatever the name asked for.
 		if tc, err := s.certs.GetCertificate(nil); err == nil && tc.Leaf != nil {
-			out[tc.Leaf.Subject.CommonName] = tc.Leaf.NotAfter
+			name := tc.Leaf.Subject.CommonName
 			if len(tc.Leaf.DNSNames) > 0 {
-				delete(out, tc.Leaf.Subject.CommonName)
-				out[tc.Leaf.DNSNames[0]] = tc.Leaf.NotAfter
+				name = tc.Leaf.DNSNames[0]
 			}
+			out[name] = tc.Leaf.NotAfter
 		} else {
 			errs++
 		}

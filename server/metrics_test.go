@@ -2,9 +2,18 @@ package server_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io"
+	"math/big"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -174,5 +183,42 @@ func TestMetricsListenIsOffByDefaultAndRefusesABadAddress(t *testing.T) {
 		if !errors.Is(err, server.ErrConfig) && (err == nil || !strings.Contains(err.Error(), "metrics")) {
 			t.Errorf("MetricsListen %q: %v, want a configuration error naming --metrics-listen", addr, err)
 		}
+	}
+}
+
+func TestMetricsShowTheExpiryOfATLSCertFile(t *testing.T) {
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notAfter := time.Now().Add(60 * 24 * time.Hour).Truncate(time.Second)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "relay.test"},
+		DNSNames:     []string{"relay.test", "*.relay.test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	srv := relaytest.StartServerWith(t, server.Config{
+		Domain: "relay.test", Listen: "127.0.0.1:0", HTTPListen: "off", DataDir: dir,
+		TLSCert: certFile, TLSKey: keyFile, MetricsListen: "127.0.0.1:0",
+	})
+	m := relaytest.Scrape(t, metricsURL(srv))
+	if got := m.Value("relay_certificate_expiry_timestamp_seconds", map[string]string{"name": "relay.test"}); got != float64(notAfter.Unix()) {
+		t.Errorf("relay_certificate_expiry_timestamp_seconds{name=relay.test} = %v, want %d (the --tls-cert file's NotAfter)", got, notAfter.Unix())
 	}
 }
