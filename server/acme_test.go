@@ -55,6 +55,7 @@ func (r acmeRelay) start(t *testing.T) (*server.Server, func()) {
 		ACMEDirectory:  r.pebble.DirectoryURL,
 		ACMEHTTPClient: r.pebble.HTTPClient(),
 		Heartbeat:      200 * time.Millisecond,
+		MetricsListen:  "127.0.0.1:0",
 		Logger:         slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -208,6 +209,12 @@ func testACMEReuse(t *testing.T, b relaytest.Backend, tr string) {
 	}
 	if n := pebble.Orders(); n != 2 {
 		t.Fatalf("%d orders after the first delivery, want 2 (apex and %s)", n, tunnel)
+	}
+	m := relaytest.Scrape(t, metricsURL(srv))
+	for name, c := range map[string]*x509.Certificate{acmeDomain: apex, tunnel + "." + acmeDomain: leaf} {
+		if got := m.Value("relay_certificate_expiry_timestamp_seconds", map[string]string{"name": name}); got != float64(c.NotAfter.Unix()) {
+			t.Errorf("relay_certificate_expiry_timestamp_seconds{name=%s} = %v, want %d (the ACME certificate's NotAfter)", name, got, c.NotAfter.Unix())
+		}
 	}
 
 	if _, err := acmeHandshake(srv.Addr(), "nobody."+acmeDomain, pebble.Roots()); err == nil {
