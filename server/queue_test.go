@@ -190,6 +190,7 @@ func TestAQueuedDeliveryTheAppFailsOnIsDeadLetteredAndTheQueueMovesOn(t *testing
 			srv := relaytest.StartServer(t, func(c *server.Config) {
 				c.QueueMaxAttempts = 2
 				c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+				c.MetricsListen = "127.0.0.1:0"
 			})
 			tok := relaytest.CreateToken(t, srv, "poison")
 			hc := relaytest.ProviderClient(t, srv)
@@ -250,6 +251,7 @@ func TestAQueuedDeliveryTheAppFailsOnIsDeadLetteredAndTheQueueMovesOn(t *testing
 			if !strings.Contains(logs.String(), "dead-lettered") || !strings.Contains(logs.String(), ids[0]) {
 				t.Fatalf("the server log does not say it dead-lettered %s:\n%s", ids[0], logs)
 			}
+			waitMetric(t, srv, "relay_queue_dead_letters_total", map[string]string{"tunnel": "poison"}, 1)
 		})
 	}
 }
