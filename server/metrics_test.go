@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"os"
@@ -220,5 +221,26 @@ func TestMetricsShowTheExpiryOfATLSCertFile(t *testing.T) {
 	m := relaytest.Scrape(t, metricsURL(srv))
 	if got := m.Value("relay_certificate_expiry_timestamp_seconds", map[string]string{"name": "relay.test"}); got != float64(notAfter.Unix()) {
 		t.Errorf("relay_certificate_expiry_timestamp_seconds{name=relay.test} = %v, want %d (the --tls-cert file's NotAfter)", got, notAfter.Unix())
+	}
+}
+
+func TestAMetricsAddressReachableFromElsewhereIsServedButWarnedAbout(t *testing.T) {
+	for _, tt := range []struct {
+		addr string
+		warn bool
+	}{{"127.0.0.1:0", false}, {"0.0.0.0:0", true}} {
+		t.Run(tt.addr, func(t *testing.T) {
+			logs := &relaytest.Buffer{}
+			srv := relaytest.StartServer(t, func(c *server.Config) {
+				c.MetricsListen = tt.addr
+				c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+			})
+			if srv.MetricsAddr() == "" {
+				t.Fatal("no metrics listener")
+			}
+			if got := strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "non-loopback"); got != tt.warn {
+				t.Errorf("MetricsListen %s: warned %v, want %v; log:\n%s", tt.addr, got, tt.warn, logs)
+			}
+		})
 	}
 }
