@@ -97,6 +97,7 @@ func TestSaturatedSessionStaysUp(t *testing.T) {
 			console := &relaytest.Buffer{}
 			cfg.Console = console
 			cfg.Logger = slog.New(slog.DiscardHandler)
+			cfg.Timeout = 55 * time.Second // a starved app is not what this tests
 			a := relaytest.RunAgent(t, cfg)
 			session := a.Welcome().SessionID
 			hc := relaytest.ProviderClientHTTP1(t, srv)

@@ -149,6 +149,10 @@ func TestConcurrentDeliveriesOnOneTunnel(t *testing.T) {
 			console := &relaytest.Buffer{}
 			cfg := relaytest.AgentConfig(srv, tr, relaytest.CreateToken(t, srv, "busy"), "busy", app.URL)
 			cfg.Console = console
+			// The app shares two starved CPUs with 200 deliveries under
+			// -race: give it nearly the provider client's minute, not the
+			// release 30 s, before the agent answers 504 for it.
+			cfg.Timeout = 55 * time.Second
 			a := relaytest.RunAgent(t, cfg)
 			session := a.Welcome().SessionID
 			hc := relaytest.ProviderClientHTTP1(t, srv)
