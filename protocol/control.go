@@ -34,6 +34,10 @@ type Control struct {
 	wlock   chan struct{}
 	rtt     atomic.Int64 // nanoseconds, last measured
 	waiting atomic.Bool  // a ping is unanswered
+
+	// OnNodes, set before Run, is called (on Run's reader) with every
+	// Nodes frame the server sends; without it they are ignored.
+	OnNodes func(Nodes)
 }
 
 // pingLen is the Ping payload: an 8-byte timestamp, padded so that the
@@ -59,6 +63,15 @@ func (c *Control) SendGoAway(g GoAway) error {
 	c.st.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	defer c.st.SetWriteDeadline(time.Time{})
 	return WriteMessage(c.st, FrameGoAway, g)
+}
+
+// SendNodes tells the agent the cluster's live nodes.
+func (c *Control) SendNodes(n Nodes) error {
+	c.wlock <- struct{}{}
+	defer func() { <-c.wlock }()
+	c.st.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	defer c.st.SetWriteDeadline(time.Time{})
+	return WriteMessage(c.st, FrameNodes, n)
 }
 
 func (c *Control) write(t FrameType, p []byte) error {
@@ -150,6 +163,14 @@ func (c *Control) readLoop() error {
 				return err
 			}
 			return &GoAwayError{GoAway: g}
+		case FrameNodes:
+			var n Nodes
+			if err := DecodeMessage(t, p, &n); err != nil {
+				return err
+			}
+			if c.OnNodes != nil {
+				c.OnNodes(n)
+			}
 		default:
 			// Unknown frames on the control stream are ignored so a newer
 			// peer can add some without breaking this one.

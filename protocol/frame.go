@@ -21,6 +21,7 @@ const (
 	FrameGoAway   FrameType = 0x06 // server->agent, JSON GoAway
 	FrameDelivery FrameType = 0x07 // server->agent, JSON Delivery; HTTP/1.1 follows on the stream
 	FrameNotice   FrameType = 0x08 // server->agent on a stream of its own, JSON Notice
+	FrameNodes    FrameType = 0x09 // server->agent on the control stream, JSON Nodes
 )
 
 func (t FrameType) String() string {
@@ -41,6 +42,8 @@ func (t FrameType) String() string {
 		return "delivery"
 	case FrameNotice:
 		return "notice"
+	case FrameNodes:
+		return "nodes"
 	}
 	return fmt.Sprintf("frame(0x%02x)", byte(t))
 }

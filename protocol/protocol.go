@@ -92,6 +92,26 @@ type Welcome struct {
 	// on the control stream this often, and a session that receives
 	// nothing for three of them is closed.
 	HeartbeatMillis int64 `json:"heartbeat_ms"`
+	// Node names the server that sent this Welcome when it is one node of
+	// a cluster; "" for a single server.
+	Node string `json:"node,omitempty"`
+	// Nodes are the cluster's live nodes, this one included: an agent
+	// keeps one session to each. Empty for a single server; an agent that
+	// knows nothing of clusters ignores it.
+	Nodes []NodeAddr `json:"nodes,omitempty"`
+}
+
+// NodeAddr is one node of a cluster, as agents dial it.
+type NodeAddr struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"` // host:port, for both TCP and UDP (QUIC)
+}
+
+// Nodes tells a connected agent the cluster's live nodes, whenever they
+// change (a node joined, or one's lease ran out): the whole list, not a
+// difference, so one lost frame costs nothing once the next arrives.
+type Nodes struct {
+	Nodes []NodeAddr `json:"nodes"`
 }
 
 // Reject refuses a Hello. The agent prints Message and stops or retries

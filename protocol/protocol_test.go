@@ -44,6 +44,8 @@ func TestSpecExamples(t *testing.T) {
 				typ = FrameDelivery
 			case "0x08":
 				typ = FrameNotice
+			case "0x09":
+				typ = FrameNodes
 			default:
 				t.Fatalf("example type %q not handled by this test", fields["type"])
 			}
@@ -86,6 +88,14 @@ func TestSpecExamples(t *testing.T) {
 				}
 				if again, _ := json.Marshal(n); !bytes.Equal(again, payload) {
 					t.Fatalf("a notice encodes as %s, SPEC says %s", again, payload)
+				}
+			case FrameNodes:
+				var n Nodes
+				if err := DecodeMessage(typ, payload, &n); err != nil || len(n.Nodes) != 2 || n.Nodes[1].Addr != "n2.relay.example.com:443" {
+					t.Fatalf("nodes decode to %+v, %v", n, err)
+				}
+				if again, _ := json.Marshal(n); !bytes.Equal(again, payload) {
+					t.Fatalf("nodes encode as %s, SPEC says %s", again, payload)
 				}
 			}
 		})

@@ -50,6 +50,20 @@ type Config struct {
 	// PostgreSQL).
 	RevocationPoll time.Duration
 
+	// NodeName and Advertise make this server one node of a cluster
+	// sharing Database: it holds a lease on NodeName in the node registry
+	// (renewed every NodeLease/3; the node is gone when it runs out), and
+	// agents are told to dial it at Advertise (host:port, TCP and UDP,
+	// TLS name the apex). A node restarted under its old name takes it
+	// back at once.
+	NodeName  string
+	Advertise string
+	NodeLease time.Duration
+	// QueuePoll is how often an idle drainer looks for deliveries another
+	// node stored, should their notification be lost; cluster mode only
+	// (a single node wakes its drainers itself).
+	QueuePoll time.Duration
+
 	// Certificates: Dev, or TLSCert+TLSKey, or ACME (the default).
 	Dev           bool
 	TLSCert       string
@@ -125,6 +139,8 @@ const (
 	// DefaultMetricsListen is loopback (the metrics name every tunnel), on
 	// a port beside, not on, Prometheus's own 9090.
 	DefaultMetricsListen = "127.0.0.1:9190"
+	DefaultNodeLease     = 15 * time.Second
+	DefaultQueuePoll     = 5 * time.Second
 )
 
 // ErrConfig wraps every configuration error.
@@ -196,6 +212,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MetricsListen == "" {
 		c.MetricsListen = "off"
 	}
+	c.NodeLease = cmp.Or(c.NodeLease, DefaultNodeLease)
+	c.QueuePoll = cmp.Or(c.QueuePoll, DefaultQueuePoll)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -236,6 +254,19 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("--dev", "uses its own CA; drop --tls-cert/--tls-key")
 	case c.Heartbeat < 10*time.Millisecond:
 		return bad("heartbeat", "too short")
+	case c.NodeName != "" && c.Database == "" && c.Store == nil:
+		return bad("--node-name", "needs --database postgres://...: the nodes of a cluster share one PostgreSQL database (SQLite in --data serves a single node)")
+	case c.NodeName != "" && !protocol.ValidName(c.NodeName):
+		return bad("--node-name", "%q: use 1-63 of a-z, 0-9 and '-'", c.NodeName)
+	case (c.NodeName == "") != (c.Advertise == ""):
+		return bad("--node-name/--advertise", "give both or neither (--advertise is the HOST:PORT agents dial this node at)")
+	case c.NodeLease < 100*time.Millisecond || c.QueuePoll < 10*time.Millisecond:
+		return bad("node lease", "too short")
+	}
+	if c.Advertise != "" {
+		if _, port, err := net.SplitHostPort(c.Advertise); err != nil || port == "" {
+			return bad("--advertise", "%q is not HOST:PORT", c.Advertise)
+		}
 	}
 	for _, a := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--quic-listen", c.QUICListen}, {"--http-listen", c.HTTPListen}, {"--metrics-listen", c.MetricsListen}} {
 		if a.addr == "off" {

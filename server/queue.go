@@ -261,7 +261,13 @@ func (s *Server) drainQueue(ctx context.Context, t *tunnel) {
 		q, err := s.store.NextQueued(ctx, t.name)
 		if errors.Is(err, store.ErrNotFound) {
 			release()
-			s.waitQueue(ctx, t, 0)
+			// Another node may store a delivery for this name: its
+			// notification wakes this drainer, the poll covers one lost.
+			var poll time.Duration
+			if s.clustered() || s.cfg.Database != "" {
+				poll = s.cfg.QueuePoll
+			}
+			s.waitQueue(ctx, t, poll)
 			continue
 		}
 		if err != nil {

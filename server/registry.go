@@ -23,6 +23,10 @@ type tunnel struct {
 	queueCtx    context.Context
 	stopQueue   context.CancelFunc // ends the drainer: session over, replaced or revoked
 	revoked     atomic.Bool
+
+	nodesMu  sync.Mutex // orders the Welcome and Nodes frames
+	welcomed bool       // the Welcome has left
+	nodesGen uint64     // the node list the agent has
 }
 
 // registry maps names to the tunnel serving them now.

@@ -60,6 +60,7 @@ type Server struct {
 	spoolers chan struct{} // a slot per offline delivery being received
 	revoked  revokedTokens
 	used     tokenUses
+	cluster  cluster // live nodes, when NodeName is set
 }
 
 // New opens the store and the certificate source and binds every
@@ -90,10 +91,30 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.closeAll()
 		return nil, fmt.Errorf("watch revocations: %w", err)
 	}
-	s.wg.Add(2)
+	queued, err := s.store.WatchQueued(s.ctx)
+	if err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("watch the queue: %w", err)
+	}
+	if s.clustered() {
+		if err := s.joinCluster(ctx); err != nil {
+			s.closeAll()
+			return nil, err
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.keepLease(s.ctx)
+		}()
+	}
+	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
 		s.endRevoked(revoked)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.wakeDrainers(queued)
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -123,6 +144,8 @@ func (s *Server) setup() error {
 			HTTPClient:   cfg.ACMEHTTPClient,
 			Policy:       policy,
 			Logger:       s.log,
+			// Nodes sharing a database share HTTP-01 tokens, and only them.
+			HTTP01Only: cfg.Database != "" || cfg.NodeName != "",
 		})
 		s.certs = s.acme
 	}

@@ -68,12 +68,23 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		MaxBody:         s.cfg.MaxBody,
 		HeartbeatMillis: s.cfg.Heartbeat.Milliseconds(),
 	}
+	if s.clustered() {
+		w.Node = s.cfg.NodeName
+	}
 	// Registered before the Welcome leaves: an agent that has its Welcome
 	// is live, and a delivery right after must not be queued instead.
 	// Streams opened before the agent accepts any wait for it.
 	old := s.reg.put(t)
+	// The node list is read once t is registered, and t is marked
+	// welcomed under the same lock a change's push takes: a change either
+	// makes it into the Welcome or follows it as a Nodes frame.
+	t.nodesMu.Lock()
+	if s.clustered() {
+		w.Nodes, t.nodesGen = s.cluster.get()
+	}
 	ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := protocol.WriteMessage(ctrl, protocol.FrameWelcome, w); err != nil {
+		t.nodesMu.Unlock()
 		log.Info("send welcome", "err", err)
 		s.reg.remove(t)
 		if old != nil {
@@ -82,6 +93,11 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		return
 	}
 	ctrl.SetWriteDeadline(time.Time{})
+	t.welcomed = true
+	t.nodesMu.Unlock()
+	if s.clustered() {
+		s.sendNodes(t) // a change between the read and welcomed
+	}
 
 	if old != nil {
 		old.stopQueue()

@@ -22,6 +22,7 @@ import (
 type Store interface {
 	Tokens
 	Queue
+	Nodes
 	DeliveryLog(ctx context.Context, name string, limit int) ([]store.LogEntry, error)
 	// CertCache holds ACME certificates and account keys.
 	CertCache() autocert.Cache
@@ -62,9 +63,26 @@ type Queue interface {
 	// or until ReleaseQueue; claiming again renews it.
 	ClaimQueue(ctx context.Context, name, holder string, ttl time.Duration) (bool, error)
 	ReleaseQueue(ctx context.Context, name, holder string) error
+	// WatchQueued reports the names of deliveries queued from the call
+	// on by any node sharing the database ("" when some may have been
+	// missed: look at every name), until ctx ends (then it closes the
+	// channel). A backend for one node may report nothing.
+	WatchQueued(ctx context.Context) (<-chan string, error)
 	// PurgeSpools removes bodies that started arriving before before and
 	// never finished (a process died receiving them).
 	PurgeSpools(ctx context.Context, before time.Time) (int, error)
+}
+
+// Nodes is the cluster's node registry: each node holds a lease that it
+// renews, and a node whose lease ran out is gone.
+type Nodes interface {
+	// RegisterNode takes or renews name's lease for ttl at addr; a node
+	// restarted under its old name takes it back at once.
+	RegisterNode(ctx context.Context, name, addr string, ttl time.Duration) error
+	// LiveNodes are the nodes whose lease has not run out, by name.
+	LiveNodes(ctx context.Context) ([]store.Node, error)
+	// LeaveNode ends name's lease (a clean shutdown).
+	LeaveNode(ctx context.Context, name string) error
 }
 
 // StoreConfig says which database to open.

@@ -58,6 +58,9 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 			if a := srv.MetricsAddr(); a != "" {
 				fmt.Fprintf(out, "  metrics: http://%s/metrics (and /healthz)\n", a)
 			}
+			if cfg.NodeName != "" {
+				fmt.Fprintf(out, "  cluster node %s, agents dial it at %s\n", cfg.NodeName, cfg.Advertise)
+			}
 			if p := srv.DevCAPath(); p != "" {
 				fmt.Fprintf(out, "  dev CA: %s (agents: --ca %s)\n", p, p)
 			}
@@ -80,6 +83,8 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 	f.IntVar(&cfg.PublicPort, "public-port", 0, "HTTPS port providers use, if not --listen's (for URLs)")
 	f.StringVar(&cfg.DataDir, "data", defaultServerData(), "directory for the dev CA, and the database and ACME cache without --database")
 	f.StringVar(&cfg.Database, "database", "", "PostgreSQL URL (postgres://USER@HOST/DB) for tokens, names, queue, log and ACME cache, shared by several nodes")
+	f.StringVar(&cfg.NodeName, "node-name", "", "this node's name in a cluster of servers sharing --database (needs --advertise)")
+	f.StringVar(&cfg.Advertise, "advertise", "", "HOST:PORT agents dial this node at, TCP and UDP (cluster mode, with --node-name)")
 	f.BoolVar(&cfg.Dev, "dev", false, "loopback only, domain localhost, certificates from a dev CA in --data")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "certificate file (a wildcard for *.DOMAIN and DOMAIN); disables ACME")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "key file for --tls-cert")

@@ -36,6 +36,13 @@ type ACMEConfig struct {
 	Logger     *slog.Logger // default: discard
 	// IssueTimeout bounds a handshake's wait; default DefaultIssueTimeout.
 	IssueTimeout time.Duration
+	// HTTP01Only leaves TLS-ALPN-01 out: several nodes share the cache,
+	// where autocert keeps HTTP-01 tokens, but a TLS-ALPN-01 token lives
+	// in the memory of the node that ordered the certificate, and the CA
+	// may reach another. acme-tls/1 is then never offered, so autocert's
+	// TLS-ALPN-01 attempt fails the same way on every node and it goes on
+	// to HTTP-01 (one failed validation per new name).
+	HTTP01Only bool
 }
 
 func (c ACMEConfig) withDefaults() (ACMEConfig, error) {
@@ -65,10 +72,11 @@ func (c ACMEConfig) withDefaults() (ACMEConfig, error) {
 // TLS-ALPN-01 on the shared TLS listener (see TLSConfig) and HTTP-01
 // through HTTPHandler.
 type ACME struct {
-	m       *autocert.Manager
-	policy  HostPolicy
-	log     *slog.Logger
-	timeout time.Duration
+	m          *autocert.Manager
+	policy     HostPolicy
+	log        *slog.Logger
+	timeout    time.Duration
+	http01Only bool
 }
 
 // NewACME builds the autocert manager; nothing is requested until the
@@ -94,9 +102,10 @@ func NewACME(cfg ACMEConfig) (*ACME, error) {
 				UserAgent:    "relay",
 			},
 		},
-		policy:  cfg.Policy,
-		log:     cfg.Logger,
-		timeout: cfg.IssueTimeout,
+		policy:     cfg.Policy,
+		log:        cfg.Logger,
+		timeout:    cfg.IssueTimeout,
+		http01Only: cfg.HTTP01Only,
 	}, nil
 }
 
@@ -185,4 +194,9 @@ func onlyTLS13(hello *tls.ClientHelloInfo) bool {
 	return true
 }
 
-func (a *ACME) challengeProtos() []string { return []string{acme.ALPNProto} }
+func (a *ACME) challengeProtos() []string {
+	if a.http01Only {
+		return nil
+	}
+	return []string{acme.ALPNProto}
+}

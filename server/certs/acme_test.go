@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -296,5 +297,28 @@ func TestNewACMEValidatesConfig(t *testing.T) {
 	}
 	if _, err := certs.NewACME(certs.ACMEConfig{Dir: "x", Policy: certs.HostPolicy{Domain: acmeDomain}}); err != nil {
 		t.Errorf("defaults refused: %v", err)
+	}
+}
+
+func TestACMEForSeveralNodesNeverOffersTLSALPN01(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		http01Only bool
+		want       bool
+	}{
+		{"a single node answers TLS-ALPN-01 on its listener", false, true},
+		{"a node of a cluster leaves it to HTTP-01, whose tokens all nodes share", true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := certs.NewACME(certs.ACMEConfig{Dir: t.TempDir(), HTTP01Only: tt.http01Only,
+				Policy: certs.HostPolicy{Domain: acmeDomain, Reserved: reservedSet("abc")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			protos := certs.TLSConfig(a, []string{"relay/1", "h2", "http/1.1"}).NextProtos
+			if got := slices.Contains(protos, "acme-tls/1"); got != tt.want {
+				t.Fatalf("NextProtos = %v: offers acme-tls/1 = %v, want %v", protos, got, tt.want)
+			}
+		})
 	}
 }

@@ -166,3 +166,11 @@ func (lim QueueLimits) Fits(name string, u Usage, more int, size int64) error {
 	}
 	return nil
 }
+
+// Node is a relay server of a cluster as the registry holds it: a lease
+// it renews, and the address agents dial it at.
+type Node struct {
+	Name    string
+	Addr    string // host:port, the node's --advertise
+	Expires time.Time
+}

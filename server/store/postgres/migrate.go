@@ -92,6 +92,13 @@ var migrations = []string{
 		key  text PRIMARY KEY,
 		data bytea NOT NULL
 	);`,
+	// 2: the node registry: each node's lease, in the database's own
+	// clock (milliseconds) so nodes' clocks need not agree.
+	`CREATE TABLE nodes (
+		name       text PRIMARY KEY,
+		addr       text NOT NULL,
+		expires_ms bigint NOT NULL
+	);`,
 }
 
 // migrationLock serialises nodes that start at once on a new version.

@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -118,5 +119,34 @@ func exec(t *testing.T, url, sql string) {
 	defer c.Close(context.Background())
 	if _, err := c.Exec(context.Background(), sql); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestAQueuedDeliveryWakesAWatcherOnAnotherHandle(t *testing.T) {
+	url := pgtest.URL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	watcher, sender := open(t, url, postgres.Options{Create: true}), open(t, url, postgres.Options{Create: true})
+	ch, err := watcher.WatchQueued(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := <-ch; got != "" {
+		t.Fatalf("first report = %q, want \"\" (listening: look at every name)", got)
+	}
+	q := &store.Queued{Name: "woken", DeliveryID: "dlv_woken", ReceivedAt: time.Now(), Method: "POST", URI: "/", Host: "woken.example", Header: http.Header{}, BodySize: 2}
+	if err := sender.Enqueue(ctx, q, strings.NewReader("{}"), store.QueueLimits{MaxCount: 10, MaxBytes: 1 << 20, MaxTotalBytes: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-ch:
+		if got != "woken" {
+			t.Fatalf("watch reported %q, want woken", got)
+		}
+	case <-ctx.Done():
+		t.Fatal("a delivery queued on another handle did not wake the watcher")
+	}
+	cancel()
+	for range ch {
 	}
 }

@@ -162,6 +162,10 @@ func insertQueued(ctx context.Context, tx pgx.Tx, q *store.Queued) error {
 	if err != nil {
 		return fmt.Errorf("enqueue: %w", err)
 	}
+	// Sent on commit: a woken node finds the delivery there.
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, queuedChannel, q.Name); err != nil {
+		return fmt.Errorf("announce queued delivery: %w", err)
+	}
 	if _, err := tx.Exec(ctx, `INSERT INTO delivery_log (name, delivery_id, received_at, method, uri, queued, outcome, at)
 		VALUES ($1, $2, $3, $4, $5, true, $6, $7)`, q.Name, q.DeliveryID, q.ReceivedAt.UnixNano(), q.Method, q.URI, store.OutcomeQueued, time.Now().UnixNano()); err != nil {
 		return fmt.Errorf("log delivery: %w", err)

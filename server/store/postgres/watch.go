@@ -87,7 +87,7 @@ func (s *Store) listen(ctx context.Context, channel string, wake chan<- struct{}
 		}
 	}
 	for failures := 0; ctx.Err() == nil; failures++ {
-		if s.listenOnce(ctx, channel, poke) {
+		if s.listenOnce(ctx, channel, func(string) { poke() }) {
 			failures = 0 // it was up: retry at once
 		}
 		t := time.NewTimer(min(time.Duration(failures+1)*500*time.Millisecond, 10*time.Second))
@@ -99,9 +99,10 @@ func (s *Store) listen(ctx context.Context, channel string, wake chan<- struct{}
 	}
 }
 
-// listenOnce listens until the connection fails or ctx ends, and says
-// whether it got as far as listening.
-func (s *Store) listenOnce(ctx context.Context, channel string, poke func()) bool {
+// listenOnce listens until the connection fails or ctx ends, calling got
+// with each notification's payload, and with "" once listening (what was
+// sent before is lost); it says whether it got as far as listening.
+func (s *Store) listenOnce(ctx context.Context, channel string, got func(payload string)) bool {
 	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return false
@@ -114,11 +115,12 @@ func (s *Store) listenOnce(ctx context.Context, channel string, poke func()) boo
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
 		return false
 	}
-	poke()
+	got("")
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return true
 		}
-		poke()
+		got(n.Payload)
 	}
 }

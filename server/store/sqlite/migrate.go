@@ -103,6 +103,13 @@ var migrations = []string{
 	ALTER TABLE delivery_log ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE delivery_log ADD COLUMN error TEXT NOT NULL DEFAULT '';
 	CREATE INDEX delivery_log_delivery ON delivery_log(delivery_id);`,
+	// 4: the node registry. One SQLite file serves one node, so it only
+	// ever holds that node; kept for the Store's one behaviour.
+	`CREATE TABLE nodes (
+		name       TEXT PRIMARY KEY,
+		addr       TEXT NOT NULL,
+		expires_ms INTEGER NOT NULL
+	);`,
 }
 
 // Migrations are the schema's steps, for tests that build an older database.

@@ -52,6 +52,7 @@ func Run(t *testing.T, fresh Fresh) {
 		{"QueueClaims", testClaims},
 		{"PurgeSpoolsRemovesOnlyAbandonedUploads", testPurgeSpools},
 		{"CertCache", testCertCache},
+		{"NodeLeases", testNodes},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.test(t, fresh(t)) })
 	}
@@ -700,4 +701,59 @@ func testCertCache(t *testing.T, open Opener) {
 	if _, err := c.Get(ctx, "relay.test"); !errors.Is(err, autocert.ErrCacheMiss) {
 		t.Fatalf("Get after Delete = %v", err)
 	}
+}
+
+func nodeNames(t *testing.T, s server.Store) []string {
+	t.Helper()
+	nodes, err := s.LiveNodes(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, n := range nodes {
+		names = append(names, n.Name+"="+n.Addr)
+	}
+	return names
+}
+
+func testNodes(t *testing.T, open Opener) {
+	ctx := ctxT(t)
+	n1, n2, reader := open(t), open(t), open(t)
+	if err := n1.RegisterNode(ctx, "n1", "10.0.0.1:443", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.RegisterNode(ctx, "n2", "10.0.0.2:443", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("every live node is listed by name, on any handle", func(t *testing.T) {
+		if got, want := nodeNames(t, reader), []string{"n1=10.0.0.1:443", "n2=10.0.0.2:443"}; !slices.Equal(got, want) {
+			t.Fatalf("live nodes = %v, want %v", got, want)
+		}
+	})
+	t.Run("a node restarted under its name takes it back at once, at its new address", func(t *testing.T) {
+		restarted := open(t)
+		if err := restarted.RegisterNode(ctx, "n1", "10.0.0.9:443", time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := nodeNames(t, reader), []string{"n1=10.0.0.9:443", "n2=10.0.0.2:443"}; !slices.Equal(got, want) {
+			t.Fatalf("live nodes = %v, want %v", got, want)
+		}
+	})
+	t.Run("a node whose lease ran out is gone", func(t *testing.T) {
+		if err := n2.RegisterNode(ctx, "n3", "10.0.0.3:443", 200*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		relaytest.WaitFor(t, "n3's lease to run out", func() bool { return !slices.Contains(nodeNames(t, reader), "n3=10.0.0.3:443") })
+		if got := nodeNames(t, reader); len(got) != 2 {
+			t.Fatalf("live nodes = %v, want n1 and n2 only", got)
+		}
+	})
+	t.Run("a node that leaves is gone at once", func(t *testing.T) {
+		if err := n2.LeaveNode(ctx, "n2"); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := nodeNames(t, reader), []string{"n1=10.0.0.9:443"}; !slices.Equal(got, want) {
+			t.Fatalf("live nodes = %v, want %v", got, want)
+		}
+	})
 }
