@@ -40,8 +40,8 @@ type Agent struct {
 	readyOK sync.Once
 
 	sessions sync.WaitGroup // accept loops of every session
-	probing  atomic.Bool    // a QUIC upgrade handshake is under way
 	current  atomic.Pointer[sessionState]
+	fleet    atomic.Pointer[fleet] // the sessions to a cluster's nodes; nil for one server
 
 	rec     *recorder // nil without a store
 	metrics *metrics
@@ -59,7 +59,16 @@ type sessionState struct {
 type link struct {
 	sess     protocol.Session
 	ctrl     protocol.Stream
+	welcome  protocol.Welcome
 	upgraded bool // replaces a TCP session (auto moving back to QUIC)
+}
+
+// target is one relay server the agent keeps a session to: the one
+// --server names, or one node of a cluster at its advertised address.
+type target struct {
+	node             string // the node's name; "" for a single server
+	tcpAddr, udpAddr string
+	probing          atomic.Bool // a QUIC upgrade handshake is under way
 }
 
 // New checks cfg and builds an agent; Run connects it.
@@ -113,32 +122,60 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.fwd.transport.CloseIdleConnections()
 	}()
 
-	connected := false
+	first := &target{tcpAddr: a.cfg.tcpAddr, udpAddr: a.cfg.udpAddr}
+	l, err := a.connect(ctx, a.cfg.Transport, first)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if l.welcome.Node == "" {
+		w := l.welcome
+		a.say("connected via %s: %s -> %s", transportName(l.sess), w.URL, a.cfg.target)
+		a.readyOK.Do(func() { close(a.ready) })
+		return a.runTarget(ctx, first, l)
+	}
+	return a.runCluster(ctx, first, l)
+}
+
+// runTarget keeps a session to t up until ctx ends or an error a retry
+// cannot fix, starting with l when it is not nil. It reconnects at once
+// after a session that was healthy, then with a backoff that grows (and
+// spreads agents apart) only while attempts keep failing.
+func (a *Agent) runTarget(ctx context.Context, t *target, l *link) error {
 	retry := retryPolicy{max: a.cfg.MaxBackoff, rand: rand.Float64}
 	var next *link
+	connected := l != nil
 	for {
-		l := next
+		if l == nil {
+			l = next
+		}
 		next = nil
 		var err error
 		if l == nil {
-			l, err = a.connect(ctx, a.cfg.Transport)
+			l, err = a.connect(ctx, a.cfg.Transport, t)
+			if err == nil {
+				switch {
+				case t.node != "":
+					a.fleet.Load().up(t, l)
+				case connected:
+					a.metrics.reconnects.Inc()
+					a.say("connected again via %s: %s", transportName(l.sess), l.welcome.URL)
+				}
+			}
+		} else if l.upgraded {
+			a.say("%smoved to QUIC", a.nodePrefix(t))
 		}
 		if err == nil {
-			if l.upgraded {
-				a.say("moved to QUIC")
-			} else if connected {
-				a.metrics.reconnects.Inc()
-				a.say("connected again via %s: %s", transportName(l.sess), a.Welcome().URL)
-			} else {
-				w := a.Welcome()
-				a.say("connected via %s: %s -> %s", transportName(l.sess), w.URL, a.cfg.target)
-			}
 			connected = true
 			a.metrics.setConnected(true)
-			a.readyOK.Do(func() { close(a.ready) })
 			began := time.Now()
-			next, err = a.serve(ctx, l)
-			a.metrics.setConnected(next != nil) // an upgrade to QUIC is no disconnection
+			next, err = a.serve(ctx, t, l)
+			l = nil
+			if t.node == "" {
+				a.metrics.setConnected(next != nil) // an upgrade to QUIC is no disconnection
+			}
 			retry.sessionEnded(time.Since(began), time.Now())
 			if next != nil {
 				next.upgraded = true
@@ -148,23 +185,34 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if permanent(err) || !connected {
+		if permanent(err) {
 			return err
+		}
+		if t.node != "" {
+			a.fleet.Load().down(t)
 		}
 		d := retry.next(time.Now())
 		if d == 0 {
-			a.say("connection lost: %v; reconnecting", err)
+			a.say("%sconnection lost: %v; reconnecting", a.nodePrefix(t), err)
 			continue
 		}
-		a.say("connection lost: %v; reconnecting in %s", err, d.Round(10*time.Millisecond))
-		t := time.NewTimer(d)
+		a.say("%sconnection lost: %v; reconnecting in %s", a.nodePrefix(t), err, d.Round(10*time.Millisecond))
+		timer := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
-			t.Stop()
+			timer.Stop()
 			return nil
-		case <-t.C:
+		case <-timer.C:
 		}
 	}
+}
+
+// nodePrefix starts a console line about one node of a cluster.
+func (a *Agent) nodePrefix(t *target) string {
+	if t.node == "" {
+		return ""
+	}
+	return "relay node " + t.node + ": "
 }
 
 func permanent(err error) bool {
@@ -242,30 +290,30 @@ const (
 	quicPreference = time.Second
 )
 
-// connect dials by the given mode and completes the handshake.
-func (a *Agent) connect(ctx context.Context, mode string) (*link, error) {
-	sess, err := a.dial(ctx, mode)
+// connect dials t by the given mode and completes the handshake.
+func (a *Agent) connect(ctx context.Context, mode string, t *target) (*link, error) {
+	sess, err := a.dial(ctx, mode, t)
 	if err != nil {
 		return nil, err
 	}
-	ctrl, err := a.handshake(ctx, sess)
+	ctrl, w, err := a.handshake(ctx, sess)
 	if err != nil {
 		sess.Close()
 		return nil, err
 	}
-	return &link{sess: sess, ctrl: ctrl}, nil
+	return &link{sess: sess, ctrl: ctrl, welcome: w}, nil
 }
 
 // dial opens a session by mode. auto races the transports: QUIC first,
 // TCP from tcpHeadStart on if QUIC has not answered; QUIC wins if it is up
 // within quicPreference, TCP otherwise. A certificate problem is final:
 // the other transport meets the same certificate.
-func (a *Agent) dial(ctx context.Context, mode string) (protocol.Session, error) {
+func (a *Agent) dial(ctx context.Context, mode string, t *target) (protocol.Session, error) {
 	switch mode {
 	case "quic":
-		return a.dialTransport(ctx, protocol.TransportQUIC)
+		return a.dialTransport(ctx, protocol.TransportQUIC, t)
 	case "tcp":
-		return a.dialTransport(ctx, protocol.TransportTCP)
+		return a.dialTransport(ctx, protocol.TransportTCP, t)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	type result struct {
@@ -278,7 +326,7 @@ func (a *Agent) dial(ctx context.Context, mode string) (protocol.Session, error)
 	start := func(transport string) {
 		pending++
 		go func() {
-			s, err := a.dialTransport(ctx, transport)
+			s, err := a.dialTransport(ctx, transport, t)
 			results <- result{transport, s, err}
 		}()
 	}
@@ -348,7 +396,7 @@ func (a *Agent) dial(ctx context.Context, mode string) (protocol.Session, error)
 					return tcp, nil
 				}
 				if terr != nil {
-					return nil, fmt.Errorf("%w %s: quic: %w; tcp: %w", ErrUnreachable, a.cfg.Server, qerr, terr)
+					return nil, fmt.Errorf("%w %s: quic: %w; tcp: %w", ErrUnreachable, t.tcpAddr, qerr, terr)
 				}
 				startTCP()
 			default:
@@ -357,7 +405,7 @@ func (a *Agent) dial(ctx context.Context, mode string) (protocol.Session, error)
 					return nil, terr
 				}
 				if qerr != nil {
-					return nil, fmt.Errorf("%w %s: quic: %w; tcp: %w", ErrUnreachable, a.cfg.Server, qerr, terr)
+					return nil, fmt.Errorf("%w %s: quic: %w; tcp: %w", ErrUnreachable, t.tcpAddr, qerr, terr)
 				}
 			}
 		}
@@ -367,7 +415,7 @@ func (a *Agent) dial(ctx context.Context, mode string) (protocol.Session, error)
 // dialTransport opens one transport session; errors say which transport
 // failed and keep their cause. A certificate the agent cannot trust wraps
 // ErrCertificate, not ErrUnreachable: the server was reached.
-func (a *Agent) dialTransport(ctx context.Context, transport string) (protocol.Session, error) {
+func (a *Agent) dialTransport(ctx context.Context, transport string, t *target) (protocol.Session, error) {
 	l := protocol.LivenessFor(0)
 	l.KeepAlive = protocol.AgentKeepAlive
 	var (
@@ -377,12 +425,12 @@ func (a *Agent) dialTransport(ctx context.Context, transport string) (protocol.S
 		over string
 	)
 	if transport == protocol.TransportQUIC {
-		addr, over = a.cfg.udpAddr, "QUIC"
+		addr, over = t.udpAddr, "QUIC"
 		dctx, cancel := context.WithTimeout(ctx, a.cfg.QUICTimeout)
 		sess, err = protocol.DialQUIC(dctx, addr, a.cfg.tls, l)
 		cancel()
 	} else {
-		addr, over = a.cfg.tcpAddr, "TCP"
+		addr, over = t.tcpAddr, "TCP"
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		sess, err = protocol.DialTCP(dctx, addr, a.cfg.tls, l)
 		cancel()
@@ -398,40 +446,43 @@ func (a *Agent) dialTransport(ctx context.Context, transport string) (protocol.S
 	return nil, fmt.Errorf("%w %s over %s: %w", ErrUnreachable, addr, over, err)
 }
 
-func (a *Agent) handshake(ctx context.Context, sess protocol.Session) (protocol.Stream, error) {
+func (a *Agent) handshake(ctx context.Context, sess protocol.Session) (protocol.Stream, protocol.Welcome, error) {
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ctrl, err := sess.OpenStream(hctx)
 	if err != nil {
-		return nil, fmt.Errorf("open control stream: %w", err)
+		return nil, protocol.Welcome{}, fmt.Errorf("open control stream: %w", err)
 	}
 	deadline, _ := hctx.Deadline()
 	ctrl.SetDeadline(deadline)
 	hello := protocol.Hello{Version: protocol.Version, Token: a.cfg.Token, Name: a.cfg.Name, Agent: "relay/" + a.cfg.Version, NoQueue: a.cfg.NoQueue}
 	if err := protocol.WriteMessage(ctrl, protocol.FrameHello, hello); err != nil {
-		return nil, fmt.Errorf("send hello: %w", err)
+		return nil, protocol.Welcome{}, fmt.Errorf("send hello: %w", err)
 	}
 	w, err := protocol.ReadHelloReply(ctrl)
 	if err != nil {
-		return nil, err
+		return nil, protocol.Welcome{}, err
 	}
 	ctrl.SetDeadline(time.Time{})
 	a.mu.Lock()
 	a.welcome = w
 	a.mu.Unlock()
-	return ctrl, nil
+	return ctrl, w, nil
 }
 
 // serve runs one session until it ends. In auto mode on TCP it also tries
 // QUIC from time to time and returns the new session when that works.
-func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
+func (a *Agent) serve(ctx context.Context, t *target, l *link) (*link, error) {
 	sess, ctrl := l.sess, l.ctrl
 	a.current.Store(&sessionState{sess: sess})
-	hb := time.Duration(a.Welcome().HeartbeatMillis) * time.Millisecond
+	hb := time.Duration(l.welcome.HeartbeatMillis) * time.Millisecond
 	live := protocol.LivenessFor(hb)
 	live.KeepAlive = min(live.KeepAlive, protocol.AgentKeepAlive)
 	protocol.SetLiveness(sess, live)
 	c := protocol.NewControl(ctrl, live.IdleTimeout/3)
+	if f := a.fleet.Load(); f != nil {
+		c.OnNodes = func(n protocol.Nodes) { f.update(n.Nodes) }
+	}
 
 	a.sessions.Add(1)
 	go func() {
@@ -446,7 +497,7 @@ func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
 		a.sessions.Add(1)
 		go func() {
 			defer a.sessions.Done()
-			a.probeQUIC(sctx, upgraded)
+			a.probeQUIC(sctx, t, upgraded)
 		}()
 	}
 	runErr := make(chan error, 1)
@@ -457,7 +508,7 @@ func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
 	case err := <-runErr:
 		var ga *protocol.GoAwayError
 		replaced := errors.As(err, &ga) && ga.GoAway.Reason == "replaced"
-		if replaced && a.probing.Load() {
+		if replaced && t.probing.Load() {
 			// Our own upgrade replaced this session; the new one is on
 			// its way from probeQUIC.
 			select {
@@ -505,7 +556,7 @@ func (a *Agent) serve(ctx context.Context, l *link) (*link, error) {
 	return next, nil
 }
 
-func (a *Agent) probeQUIC(ctx context.Context, out chan<- *link) {
+func (a *Agent) probeQUIC(ctx context.Context, tg *target, out chan<- *link) {
 	t := time.NewTicker(a.cfg.QUICRetry)
 	defer t.Stop()
 	for {
@@ -514,10 +565,10 @@ func (a *Agent) probeQUIC(ctx context.Context, out chan<- *link) {
 			return
 		case <-t.C:
 		}
-		a.probing.Store(true)
-		l, err := a.connect(ctx, "quic")
+		tg.probing.Store(true)
+		l, err := a.connect(ctx, "quic", tg)
 		if err != nil {
-			a.probing.Store(false)
+			tg.probing.Store(false)
 			a.cfg.Logger.Debug("QUIC still unavailable", "err", err)
 			continue
 		}
@@ -526,7 +577,7 @@ func (a *Agent) probeQUIC(ctx context.Context, out chan<- *link) {
 		case <-ctx.Done():
 			l.sess.Close()
 		}
-		a.probing.Store(false)
+		tg.probing.Store(false)
 		return
 	}
 }

@@ -131,3 +131,14 @@ func (s *Server) wakeDrainers(queued <-chan string) {
 		}
 	}
 }
+
+// Nodes are the cluster's live nodes as this node last read them, by
+// name; nil when it is not a node of a cluster.
+func (s *Server) Nodes() []string {
+	nodes, _ := s.cluster.get()
+	var names []string
+	for _, n := range nodes {
+		names = append(names, n.Name)
+	}
+	return names
+}

@@ -1,0 +1,188 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relaytunnel/relay/internal/relaytest"
+	"github.com/relaytunnel/relay/protocol"
+	"github.com/relaytunnel/relay/server"
+)
+
+// clusterAgent connects an agent for name to the cluster through its
+// first node, with its console in the returned buffer.
+func clusterAgent(t *testing.T, c *relaytest.Cluster, transport, token, name, target string) (*relaytest.Buffer, func()) {
+	t.Helper()
+	cfg := relaytest.AgentConfig(c.Node(0), transport, token, name, target)
+	console := &relaytest.Buffer{}
+	cfg.Console = console
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent console:\n%s", console.String())
+		}
+	})
+	_, stop := relaytest.ConnectAgent(t, cfg)
+	return console, stop
+}
+
+func TestAnAgentServesItsTunnelThroughEveryNodeOfACluster(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) {
+			c := relaytest.StartCluster(t, 3)
+			app := relaytest.EchoApp(t)
+			console, _ := clusterAgent(t, c, tr, relaytest.CreateToken(t, c.Node(0), "everywhere"), "everywhere", app.URL)
+			if want := "to 3 relay nodes (n1, n2, n3): https://everywhere.localhost"; !strings.Contains(console.String(), want) {
+				t.Fatalf("console lacks %q:\n%s", want, console.String())
+			}
+			for i := range c.Len() {
+				srv := c.Node(i)
+				resp, body := relaytest.Post(t, relaytest.ProviderClient(t, srv), relaytest.TunnelURL(srv, "everywhere", "/via/"+relaytest.NodeName(i)), `{}`)
+				if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App") != "yes" || body["uri"] != "/via/"+relaytest.NodeName(i) {
+					t.Fatalf("delivery through %s: %d %v, want the app's 201 at once (a local session on every node)", relaytest.NodeName(i), resp.StatusCode, body)
+				}
+			}
+
+			// A node that leaves is dropped, and the others keep serving.
+			c.Stop(2)
+			relaytest.WaitFor(t, "the agent to say n3 left", func() bool {
+				return strings.Contains(console.String(), "relay node n3 left the cluster; connected to 2 of 2 (n1, n2)")
+			})
+			for i := range 2 {
+				srv := c.Node(i)
+				resp, _ := relaytest.Post(t, relaytest.ProviderClient(t, srv), relaytest.TunnelURL(srv, "everywhere", "/"), `{}`)
+				if resp.StatusCode != http.StatusCreated {
+					t.Fatalf("delivery through %s after n3 left: %d", relaytest.NodeName(i), resp.StatusCode)
+				}
+			}
+
+			// A node that joins (n3 restarted) is dialled.
+			c.Start(2)
+			relaytest.WaitFor(t, "the agent to connect to n3 again", func() bool {
+				return strings.Contains(console.String(), "relay node n3: connected via")
+			})
+			srv := c.Node(2)
+			resp, _ := relaytest.Post(t, relaytest.ProviderClient(t, srv), relaytest.TunnelURL(srv, "everywhere", "/"), `{}`)
+			if resp.StatusCode != http.StatusCreated {
+				t.Fatalf("delivery through n3 after it came back: %d", resp.StatusCode)
+			}
+		})
+	}
+}
+
+func TestDeliveriesQueuedOnAnyNodeReachTheAppInOrderWhenTheAgentReturns(t *testing.T) {
+	c := relaytest.StartCluster(t, 3)
+	var mu sync.Mutex
+	var got []string
+	app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.URL.Path)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	token := relaytest.CreateToken(t, c.Node(0), "later")
+	_, stop := clusterAgent(t, c, "quic", token, "later", app)
+	stop()
+
+	const n = 30
+	var want []string
+	for i := range n {
+		srv := c.Node(i % c.Len())
+		path := fmt.Sprintf("/%02d", i)
+		want = append(want, path)
+		resp, body := relaytest.Post(t, relaytest.ProviderClient(t, srv), relaytest.TunnelURL(srv, "later", path), `{}`)
+		if resp.StatusCode != http.StatusAccepted || body["queued"] != true {
+			t.Fatalf("delivery %d through %s with the agent away: %d %v, want 202 queued", i, relaytest.NodeName(i%c.Len()), resp.StatusCode, body)
+		}
+	}
+	clusterAgent(t, c, "quic", token, "later", app)
+	relaytest.WaitFor(t, "every queued delivery to reach the app", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) >= n
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got, want) {
+		t.Fatalf("the app got %v, want %v (arrival order, once each)", got, want)
+	}
+}
+
+// rawSession is a session to srv that has sent its Hello and been
+// welcomed, and answers nothing: a revocation must end it from the server.
+func rawSession(t *testing.T, srv *server.Server, token, name string) protocol.Stream {
+	t.Helper()
+	pem, err := os.ReadFile(srv.DevCAPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	sess, err := protocol.DialTCP(ctx, srv.Addr(), &tls.Config{ServerName: "localhost", RootCAs: pool}, protocol.LivenessFor(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	ctrl, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := protocol.WriteMessage(ctrl, protocol.FrameHello, protocol.Hello{Version: protocol.Version, Token: token, Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := protocol.ReadHelloReply(ctrl); err != nil {
+		t.Fatal(err)
+	}
+	return ctrl
+}
+
+// goAway reads ctrl until the server's GoAway, and returns its reason.
+func goAway(ctrl protocol.Stream) string {
+	ctrl.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		typ, p, err := protocol.ReadFrame(ctrl)
+		if err != nil {
+			return "no GoAway: " + err.Error()
+		}
+		if typ == protocol.FrameGoAway {
+			var g protocol.GoAway
+			protocol.DecodeMessage(typ, p, &g)
+			return g.Reason
+		}
+	}
+}
+
+func TestARevocationOnOneNodeEndsTheTokensSessionsOnEveryNode(t *testing.T) {
+	c := relaytest.StartCluster(t, 3)
+	token := relaytest.CreateToken(t, c.Node(0), "doomed")
+	var ctrls []protocol.Stream
+	for i := range c.Len() {
+		ctrls = append(ctrls, rawSession(t, c.Node(i), token, "doomed"))
+	}
+	toks, err := c.Node(1).Store().ListTokens(context.Background())
+	if err != nil || len(toks) != 1 {
+		t.Fatalf("tokens: %v %v", toks, err)
+	}
+	if err := c.Node(1).Store().RevokeToken(context.Background(), toks[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i, ctrl := range ctrls {
+		wg.Go(func() {
+			if got := goAway(ctrl); got != server.GoAwayRevoked {
+				t.Errorf("the session on %s ended with %q, want a GoAway %q", relaytest.NodeName(i), got, server.GoAwayRevoked)
+			}
+		})
+	}
+	wg.Wait()
+}
