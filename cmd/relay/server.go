@@ -85,6 +85,7 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 	f.StringVar(&cfg.Database, "database", "", "PostgreSQL URL (postgres://USER@HOST/DB) for tokens, names, queue, log and ACME cache, shared by several nodes")
 	f.StringVar(&cfg.NodeName, "node-name", "", "this node's name in a cluster of servers sharing --database (needs --advertise)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "HOST:PORT agents dial this node at, TCP and UDP (cluster mode, with --node-name)")
+	f.DurationVar(&cfg.NodeLease, "node-lease", server.DefaultNodeLease, "how long a node's lease lasts unrenewed: a node that died is dropped by agents after this (cluster mode)")
 	f.BoolVar(&cfg.Dev, "dev", false, "loopback only, domain localhost, certificates from a dev CA in --data")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "certificate file (a wildcard for *.DOMAIN and DOMAIN); disables ACME")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "key file for --tls-cert")

@@ -1,0 +1,130 @@
+package server_test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/relaytunnel/relay/client"
+	"github.com/relaytunnel/relay/internal/pgtest"
+	"github.com/relaytunnel/relay/internal/relaytest"
+)
+
+// processNode is a relay server node run as a process, so it can be
+// killed the way a machine dies: SIGKILL, no GoAway, no lease given up.
+type processNode struct {
+	name, addr, dir string
+	cmd             *exec.Cmd
+	out             *relaytest.Buffer
+}
+
+func startProcessNode(t *testing.T, bin, database string, n *processNode) {
+	t.Helper()
+	n.out = &relaytest.Buffer{}
+	n.cmd = exec.Command(bin, "server", "--dev", "--database", database, "--node-name", n.name, "--advertise", n.addr,
+		"--listen", n.addr, "--data", n.dir, "--node-lease", relaytest.ClusterLease.String())
+	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.kill() })
+	relaytest.WaitListening(t, n.addr)
+}
+
+func (n *processNode) kill() {
+	if n.cmd.ProcessState == nil {
+		syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+		n.cmd.Wait()
+	}
+}
+
+func TestAKilledNodeCostsTheAgentOneSessionAndNothingElse(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds relay and runs three server processes")
+	}
+	bin := relaytest.BuildRelay(t)
+	database := pgtest.URL(t)
+	var nodes []*processNode
+	for i := range 3 {
+		n := &processNode{name: relaytest.NodeName(i), addr: fmt.Sprintf("127.0.0.1:%d", relaytest.FreePort(t)), dir: t.TempDir()}
+		if i > 0 {
+			relaytest.CopyDevCA(t, nodes[0].dir, n.dir) // one CA for the cluster
+		}
+		startProcessNode(t, bin, database, n)
+		nodes = append(nodes, n)
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("%s output:\n%s", n.name, n.out.String())
+			}
+		})
+	}
+	// No --data: the database is all a token command needs.
+	out, err := exec.Command(bin, "token", "create", "--name", "survivor", "--database", database).CombinedOutput()
+	if err != nil {
+		t.Fatalf("token create --database: %v %s", err, out)
+	}
+	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	caFile := filepath.Join(nodes[0].dir, "dev-ca.pem")
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := relaytest.EchoApp(t)
+	console := &relaytest.Buffer{}
+	a, _ := relaytest.ConnectAgent(t, client.Config{Server: nodes[0].addr, ServerName: "localhost", Token: token, Name: "survivor",
+		Transport: "quic", CAFile: caFile, Target: app.URL, MaxBackoff: 200 * time.Millisecond, QUICTimeout: time.Second, Console: console})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent console:\n%s", console.String())
+		}
+	})
+	relaytest.WaitFor(t, "the agent to have a session on every node", func() bool { return len(a.Nodes()) == 3 })
+
+	deliver := func(n *processNode) int {
+		t.Helper()
+		_, port, _ := strings.Cut(n.addr, ":")
+		resp, _ := relaytest.Post(t, relaytest.HTTPSClient(t, n.addr, caPEM), "https://survivor.localhost:"+port+"/", `{}`)
+		return resp.StatusCode
+	}
+	for _, n := range nodes {
+		if code := deliver(n); code != http.StatusCreated {
+			t.Fatalf("delivery through %s: %d, want the app's 201", n.name, code)
+		}
+	}
+
+	nodes[2].kill()
+	// The agent hears of it from its session going silent or from the
+	// lease running out, whichever comes first.
+	relaytest.WaitFor(t, "the agent to say it lost n3", func() bool {
+		c := console.String()
+		return strings.Contains(c, "relay node n3: connection lost") || strings.Contains(c, "relay node n3 left the cluster")
+	})
+	for _, n := range nodes[:2] {
+		if code := deliver(n); code != http.StatusCreated {
+			t.Fatalf("delivery through %s after n3 died: %d, want the app's 201", n.name, code)
+		}
+	}
+	relaytest.WaitFor(t, "n3's lease to run out and the agent to drop it", func() bool {
+		return strings.Contains(console.String(), "relay node n3 left the cluster; connected to 2 of 2 (n1, n2)")
+	})
+	dialled := strings.Count(console.String(), "relay node n3:")
+	for _, n := range nodes[:2] {
+		if code := deliver(n); code != http.StatusCreated {
+			t.Fatalf("delivery through %s after n3 left: %d", n.name, code)
+		}
+	}
+	if got := a.Nodes(); len(got) != 2 {
+		t.Fatalf("agent has sessions to %v, want n1 and n2", got)
+	}
+	if strings.Count(console.String(), "relay node n3:") != dialled {
+		t.Fatalf("the agent kept dialling n3 after its lease ran out:\n%s", console.String())
+	}
+}
