@@ -142,3 +142,10 @@ func (s *Server) Nodes() []string {
 	}
 	return names
 }
+
+// Tunnels is how many agent sessions serve a name on this node now.
+func (s *Server) Tunnels() int {
+	s.reg.mu.RLock()
+	defer s.reg.mu.RUnlock()
+	return len(s.reg.m)
+}
