@@ -159,6 +159,8 @@ func (a *Agent) runTarget(ctx context.Context, t *target, l *link) error {
 				switch {
 				case t.node != "":
 					a.fleet.Load().up(t, l)
+					// The nodes may have changed while it was away.
+					a.fleet.Load().update(l.welcome.Nodes)
 				case connected:
 					a.metrics.reconnects.Inc()
 					a.say("connected again via %s: %s", transportName(l.sess), l.welcome.URL)
