@@ -79,7 +79,7 @@ func idleTunnels(b *testing.B, transport string, n int) {
 	for sc.Scan() && !strings.HasPrefix(sc.Text(), "connected") {
 	}
 	go io.Copy(io.Discard, stdout)
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(6 * time.Minute)
 	for srv.Tunnels() < n && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond) // polling a count, in a benchmark
 	}
