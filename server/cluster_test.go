@@ -23,6 +23,9 @@ import (
 func clusterAgent(t *testing.T, c *relaytest.Cluster, transport, token, name, target string) (*relaytest.Buffer, func()) {
 	t.Helper()
 	cfg := relaytest.AgentConfig(c.Node(0), transport, token, name, target)
+	// The first connection must succeed, and a QUIC handshake under -race
+	// on a loaded machine can take more than the harness's second.
+	cfg.QUICTimeout = 15 * time.Second
 	console := &relaytest.Buffer{}
 	cfg.Console = console
 	t.Cleanup(func() {
