@@ -133,6 +133,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if l.welcome.Node == "" {
 		w := l.welcome
 		a.say("connected via %s: %s -> %s", transportName(l.sess), w.URL, a.cfg.target)
+		// Transport answers from the moment Ready is closed.
+		a.current.Store(&sessionState{sess: l.sess})
 		a.readyOK.Do(func() { close(a.ready) })
 		return a.runTarget(ctx, first, l)
 	}
@@ -160,7 +162,7 @@ func (a *Agent) runTarget(ctx context.Context, t *target, l *link) error {
 				case t.node != "":
 					a.fleet.Load().up(t, l)
 					// The nodes may have changed while it was away.
-					a.fleet.Load().update(l.welcome.Nodes)
+					a.fleet.Load().update(l.welcome.Nodes, false)
 				case connected:
 					a.metrics.reconnects.Inc()
 					a.say("connected again via %s: %s", transportName(l.sess), l.welcome.URL)
@@ -483,7 +485,7 @@ func (a *Agent) serve(ctx context.Context, t *target, l *link) (*link, error) {
 	protocol.SetLiveness(sess, live)
 	c := protocol.NewControl(ctrl, live.IdleTimeout/3)
 	if f := a.fleet.Load(); f != nil {
-		c.OnNodes = func(n protocol.Nodes) { f.update(n.Nodes) }
+		c.OnNodes = func(n protocol.Nodes) { f.update(n.Nodes, true) }
 	}
 
 	a.sessions.Add(1)

@@ -57,7 +57,7 @@ func (a *Agent) runCluster(ctx context.Context, first *target, l *link) error {
 	f.mu.Lock()
 	f.start(first, l)
 	f.mu.Unlock()
-	f.update(l.welcome.Nodes)
+	f.update(l.welcome.Nodes, false)
 
 	// The first round: every node dialled once, or firstRound passed.
 	f.mu.Lock()
@@ -87,6 +87,9 @@ func (a *Agent) runCluster(ctx context.Context, first *target, l *link) error {
 		count = "1 relay node"
 	}
 	a.say("connected via %s to %s (%s): %s -> %s", transportName(l.sess), count, strings.Join(up, ", "), l.welcome.URL, a.cfg.target)
+	if a.current.Load() == nil {
+		a.current.Store(&sessionState{sess: l.sess})
+	}
 	a.readyOK.Do(func() { close(a.ready) })
 
 	var err error
@@ -120,8 +123,12 @@ func (f *fleet) start(t *target, l *link) {
 	}()
 }
 
-// update makes the sessions follow the cluster's live nodes.
-func (f *fleet) update(nodes []protocol.NodeAddr) {
+// update makes the sessions follow the cluster's live nodes: it dials
+// the nodes it has no session to and, when prune is set, drops those not
+// listed. Only a Nodes frame prunes: the server sends one as soon as it
+// read a change, whereas a Welcome's list may be a renewal period old and
+// would drop a node that just joined.
+func (f *fleet) update(nodes []protocol.NodeAddr, prune bool) {
 	if len(nodes) == 0 {
 		return
 	}
@@ -140,7 +147,7 @@ func (f *fleet) update(nodes []protocol.NodeAddr) {
 		f.start(&target{node: n.Name, tcpAddr: n.Addr, udpAddr: n.Addr}, nil)
 	}
 	for name, nl := range f.loops {
-		if slices.ContainsFunc(nodes, func(n protocol.NodeAddr) bool { return n.Name == name }) {
+		if !prune || slices.ContainsFunc(nodes, func(n protocol.NodeAddr) bool { return n.Name == name }) {
 			continue
 		}
 		nl.cancel()
