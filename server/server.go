@@ -144,8 +144,8 @@ func (s *Server) setup() error {
 			HTTPClient:   cfg.ACMEHTTPClient,
 			Policy:       policy,
 			Logger:       s.log,
-			// Nodes sharing a database share HTTP-01 tokens, and only them.
-			HTTP01Only: cfg.Database != "" || cfg.NodeName != "",
+			// Nodes of a cluster share HTTP-01 tokens, and only them.
+			HTTP01Only: cfg.NodeName != "",
 		})
 		s.certs = s.acme
 	}
