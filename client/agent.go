@@ -135,6 +135,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.say("connected via %s: %s -> %s", transportName(l.sess), w.URL, a.cfg.target)
 		// Transport answers from the moment Ready is closed.
 		a.current.Store(&sessionState{sess: l.sess})
+		a.metrics.setConnected(true)
 		a.readyOK.Do(func() { close(a.ready) })
 		return a.runTarget(ctx, first, l)
 	}

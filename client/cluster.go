@@ -90,6 +90,7 @@ func (a *Agent) runCluster(ctx context.Context, first *target, l *link) error {
 	if a.current.Load() == nil {
 		a.current.Store(&sessionState{sess: l.sess})
 	}
+	a.metrics.setConnected(true)
 	a.readyOK.Do(func() { close(a.ready) })
 
 	var err error
@@ -183,6 +184,8 @@ func (f *fleet) down(t *target) {
 	}
 	nl.up = false
 	nl.once.Do(func() { close(nl.first) })
+	up, _ := f.upNames()
+	f.a.metrics.setConnected(len(up) > 0) // the tunnel is up while any node has it
 }
 
 // upNames are the nodes with a session now, by name, and how many nodes
