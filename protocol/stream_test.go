@@ -182,7 +182,14 @@ func TestAnAgentThatAbortsMidAnswerIsSeenAsCut(t *testing.T) {
 				}, nil)
 				resp, err := RoundTrip(context.Background(), server, Delivery{ID: "d"}, newRequest(t, strings.NewReader("x")), 10*time.Second)
 				if err != nil {
-					t.Fatal(err) // the head and 100 KiB leave before the cut
+					// The head and 100 KiB leave before the cut, but an
+					// abort may overtake what the server has not read yet
+					// (a yamux RST or a QUIC RESET_STREAM drops it): that
+					// is a cut seen too, never a whole answer.
+					if !errors.Is(err, ErrStreamAborted) && !errors.Is(err, ErrAgentGone) {
+						t.Fatalf("RoundTrip: %v, want the answer or an abort", err)
+					}
+					return
 				}
 				n, err := io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
