@@ -112,9 +112,8 @@ func TestNothingLostInAClusterUnderFaults(t *testing.T) {
 	}
 
 	var (
-		accepted                              sync.Map
-		nAccepted, nQueued, nRefused, nFailed atomic.Int64
-		perNode                               [nodes]atomic.Int64
+		answers outcomes
+		perNode [nodes]atomic.Int64
 	)
 	var wg sync.WaitGroup
 	per := total / senders
@@ -125,22 +124,8 @@ func TestNothingLostInAClusterUnderFaults(t *testing.T) {
 				n := (s + i) % nodes
 				_, port, _ := net.SplitHostPort(addrs[n])
 				resp, err := clients[n].Post("https://cfault.localhost:"+port+"/hook", "text/plain", strings.NewReader(id))
-				switch {
-				case err != nil:
-					nFailed.Add(1)
-				case resp.StatusCode/100 == 2:
-					accepted.Store(id, true)
-					nAccepted.Add(1)
+				if answers.note(id, resp, err) {
 					perNode[n].Add(1)
-					if resp.StatusCode == http.StatusAccepted {
-						nQueued.Add(1)
-					}
-				default:
-					nRefused.Add(1)
-				}
-				if resp != nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
 				}
 				time.Sleep(pace) // pacing the senders, not synchronisation
 			}
@@ -182,14 +167,7 @@ loop:
 	missing := func() []string {
 		seenMu.Lock()
 		defer seenMu.Unlock()
-		var m []string
-		accepted.Range(func(k, _ any) bool {
-			if seen[k.(string)] == 0 {
-				m = append(m, k.(string))
-			}
-			return true
-		})
-		return m
+		return answers.missing(seen)
 	}
 	deadline := time.Now().Add(90 * time.Second)
 	for len(missing()) > 0 && time.Now().Before(deadline) {
@@ -206,8 +184,8 @@ loop:
 	}
 	seenMu.Unlock()
 	t.Logf("sent %d over %d nodes, accepted %d (per node %d/%d/%d; queued 202: %d), delivered %d distinct, duplicates %d, refused %d (non-2xx), failed %d (no answer); faults %v",
-		senders*per, nodes, nAccepted.Load(), perNode[0].Load(), perNode[1].Load(), perNode[2].Load(), nQueued.Load(),
-		delivered, dups, nRefused.Load(), nFailed.Load(), faults)
+		senders*per, nodes, answers.nAccepted.Load(), perNode[0].Load(), perNode[1].Load(), perNode[2].Load(), answers.nQueued.Load(),
+		delivered, dups, answers.nRefused.Load(), answers.nFailed.Load(), faults)
 	if m := missing(); len(m) > 0 {
 		logQueueState(t, database)
 		t.Fatalf("%d deliveries answered 2xx never reached the app, e.g. %v", len(m), m[:min(5, len(m))])

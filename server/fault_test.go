@@ -130,10 +130,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 	}}
 	url := fmt.Sprintf("https://fault.localhost:%d/hook", port)
 
-	var (
-		accepted                              sync.Map
-		nAccepted, nQueued, nRefused, nFailed atomic.Int64
-	)
+	var answers outcomes
 	var wg sync.WaitGroup
 	per := total / senders
 	for s := range senders {
@@ -147,22 +144,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 				req.Header.Set("X-GitHub-Event", "push")
 				req.Header.Set("X-GitHub-Delivery", id)
 				resp, err := hc.Do(req)
-				switch {
-				case err != nil:
-					nFailed.Add(1)
-				case resp.StatusCode/100 == 2:
-					accepted.Store(id, true)
-					nAccepted.Add(1)
-					if resp.StatusCode == http.StatusAccepted {
-						nQueued.Add(1)
-					}
-				default:
-					nRefused.Add(1)
-				}
-				if resp != nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
+				answers.note(id, resp, err)
 				time.Sleep(pace) // pacing the senders, not synchronisation
 			}
 		}()
@@ -211,14 +193,7 @@ loop:
 	missing := func() []string {
 		seenMu.Lock()
 		defer seenMu.Unlock()
-		var m []string
-		accepted.Range(func(k, _ any) bool {
-			if seen[k.(string)] == 0 {
-				m = append(m, k.(string))
-			}
-			return true
-		})
-		return m
+		return answers.missing(seen)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for len(missing()) > 0 && time.Now().Before(deadline) {
@@ -243,7 +218,7 @@ loop:
 	}
 	seenMu.Unlock()
 	t.Logf("sent %d, accepted %d (queued 202: %d), delivered %d distinct, duplicates %d (%d of them in a kill window; %d ids were in one), refused %d (non-2xx), failed %d (no answer); faults %v",
-		senders*per, nAccepted.Load(), nQueued.Load(), delivered, dups, dupsInWindow, len(inWindow), nRefused.Load(), nFailed.Load(), faults)
+		senders*per, answers.nAccepted.Load(), answers.nQueued.Load(), delivered, dups, dupsInWindow, len(inWindow), answers.nRefused.Load(), answers.nFailed.Load(), faults)
 	if m := missing(); len(m) > 0 {
 		t.Fatalf("%d deliveries answered 2xx never reached the app, e.g. %v", len(m), m[:min(5, len(m))])
 	}
@@ -253,6 +228,46 @@ loop:
 }
 
 // dedupMarks reads the --dedup marks of a stopped agent.
+// outcomes counts what the relay answered the fault tests' senders.
+type outcomes struct {
+	accepted                              sync.Map // ids answered 2xx
+	nAccepted, nQueued, nRefused, nFailed atomic.Int64
+}
+
+// note counts one answer (or its failure), drains it and reports whether
+// the relay accepted the delivery.
+func (o *outcomes) note(id string, resp *http.Response, err error) bool {
+	if err != nil {
+		o.nFailed.Add(1)
+		return false
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		o.nRefused.Add(1)
+		return false
+	}
+	o.accepted.Store(id, true)
+	o.nAccepted.Add(1)
+	if resp.StatusCode == http.StatusAccepted {
+		o.nQueued.Add(1)
+	}
+	return true
+}
+
+// missing lists the accepted ids the app has not seen (seen maps an id to
+// how often it arrived; the caller holds its lock).
+func (o *outcomes) missing(seen map[string]int) []string {
+	var m []string
+	o.accepted.Range(func(k, _ any) bool {
+		if seen[k.(string)] == 0 {
+			m = append(m, k.(string))
+		}
+		return true
+	})
+	return m
+}
+
 func dedupMarks(t *testing.T, path string) map[string]bool {
 	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(10000)")
