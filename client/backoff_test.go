@@ -4,6 +4,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/relaytunnel/relay/protocol"
 )
 
 func TestRetryPolicy(t *testing.T) {
@@ -82,4 +84,28 @@ func TestRetryPolicy(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestAgentControlPingInterval: over QUIC the agent pings every second even
+// while its pings are answered, because the ping is the only packet it sends
+// that is long enough for a restarted server to answer with a stateless
+// reset; over TCP its keep-alive frame meets the new server's RST anyway.
+func TestAgentControlPingInterval(t *testing.T) {
+	tests := []struct {
+		name      string
+		transport string
+		heartbeat time.Duration
+		want      time.Duration
+	}{
+		{"a QUIC agent with the default heartbeat pings every second", protocol.TransportQUIC, 0, protocol.AgentKeepAlive},
+		{"a QUIC agent with a shorter heartbeat keeps the shorter interval", protocol.TransportQUIC, 300 * time.Millisecond, 300 * time.Millisecond},
+		{"a TCP agent pings every third of the idle timeout", protocol.TransportTCP, 0, protocol.DefaultIdleTimeout / 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := controlPingInterval(tt.transport, protocol.LivenessFor(tt.heartbeat)); got != tt.want {
+				t.Errorf("controlPingInterval = %s, want %s", got, tt.want)
+			}
+		})
+	}
 }

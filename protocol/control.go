@@ -57,21 +57,19 @@ func NewControl(st Stream, interval time.Duration) *Control {
 func (c *Control) RTT() time.Duration { return time.Duration(c.rtt.Load()) }
 
 // SendGoAway tells the agent why the session is ending.
-func (c *Control) SendGoAway(g GoAway) error {
-	c.wlock <- struct{}{}
-	defer func() { <-c.wlock }()
-	c.st.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	defer c.st.SetWriteDeadline(time.Time{})
-	return WriteMessage(c.st, FrameGoAway, g)
-}
+func (c *Control) SendGoAway(g GoAway) error { return c.send(FrameGoAway, g) }
 
 // SendNodes tells the agent the cluster's live nodes.
-func (c *Control) SendNodes(n Nodes) error {
+func (c *Control) SendNodes(n Nodes) error { return c.send(FrameNodes, n) }
+
+// send writes one message frame, giving up after 2 s: a peer that does
+// not read its control stream must not hold the server's caller.
+func (c *Control) send(t FrameType, v any) error {
 	c.wlock <- struct{}{}
 	defer func() { <-c.wlock }()
 	c.st.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	defer c.st.SetWriteDeadline(time.Time{})
-	return WriteMessage(c.st, FrameNodes, n)
+	return WriteMessage(c.st, t, v)
 }
 
 func (c *Control) write(t FrameType, p []byte) error {
@@ -84,58 +82,103 @@ func (c *Control) write(t FrameType, p []byte) error {
 // stream fails (as it does when the session ends), or a GoAway arrives. It
 // aborts the control stream before returning; the caller closes the
 // session.
+//
+// The reader runs on the caller's goroutine and pings go out from a timer:
+// an idle session costs one parked goroutine here, not three (issue 11).
 func (c *Control) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		errc <- c.readLoop()
-	}()
-	go func() {
-		defer wg.Done()
-		if err := c.pingLoop(stop); err != nil {
-			errc <- err
+	var (
+		mu    sync.Mutex
+		first error // why Run ends: the first of ctx, a failed ping, the reader
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if first == nil {
+			first = err
 		}
-	}()
-	defer func() {
-		close(stop)
-		c.st.Close() // releases a read or write blocked on the stream
-		wg.Wait()
-	}()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case err := <-errc:
-		return err
+		mu.Unlock()
+		c.st.Close() // releases the reader, or a write blocked on the stream
 	}
+	stopCtx := context.AfterFunc(ctx, func() { fail(ctx.Err()) })
+	p := c.startPings(fail)
+	err := c.readLoop()
+	stopCtx()
+	fail(err)
+	p.stop()
+	mu.Lock()
+	defer mu.Unlock()
+	return first
 }
 
-// pingLoop sends a ping every interval, and every probe while one is
-// unanswered. A ping stuck behind data only delays the next one: the loop
-// never waits on an answer.
-func (c *Control) pingLoop(stop <-chan struct{}) error {
-	t := time.NewTicker(c.probe)
-	defer t.Stop()
-	last := time.Now()
-	for {
-		select {
-		case <-stop:
-			return nil
-		case now := <-t.C:
-			if since := now.Sub(last); since < c.interval && !(c.waiting.Load() && since >= c.probe) {
-				continue
-			}
-			last = now
-			c.waiting.Store(true)
-			var p [pingLen]byte
-			binary.BigEndian.PutUint64(p[:], uint64(now.UnixNano()))
-			if err := c.write(FramePing, p[:]); err != nil {
-				return fmt.Errorf("send ping: %w", err)
-			}
-		}
+// pinger sends a ping every interval, and every probe while one is
+// unanswered, from a timer. A ping stuck behind data only delays the next
+// one: it never waits on an answer.
+type pinger struct {
+	c    *Control
+	fail func(error)
+
+	mu      sync.Mutex
+	t       *time.Timer
+	last    time.Time // when the latest ping went out
+	stopped bool
+	running sync.WaitGroup // a ping being written
+}
+
+func (c *Control) startPings(fail func(error)) *pinger {
+	p := &pinger{c: c, fail: fail, last: time.Now()}
+	p.mu.Lock()
+	p.t = time.AfterFunc(c.interval, p.fire)
+	p.mu.Unlock()
+	return p
+}
+
+// stop ends the pings and waits for one being written (the caller has
+// closed the stream, so the write returns).
+func (p *pinger) stop() {
+	p.mu.Lock()
+	p.stopped = true
+	p.t.Stop()
+	p.mu.Unlock()
+	p.running.Wait()
+}
+
+func (p *pinger) fire() {
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		return
 	}
+	now := time.Now()
+	since := now.Sub(p.last)
+	waiting := p.c.waiting.Load()
+	if since < p.c.interval && !(waiting && since >= p.c.probe) {
+		// Early: a pong came in since the timer was set for a probe.
+		next := p.c.interval - since
+		if waiting {
+			next = p.c.probe - since
+		}
+		p.t.Reset(next)
+		p.mu.Unlock()
+		return
+	}
+	p.last = now
+	p.running.Add(1)
+	p.mu.Unlock()
+	defer p.running.Done()
+
+	p.c.waiting.Store(true)
+	var b [pingLen]byte
+	binary.BigEndian.PutUint64(b[:], uint64(now.UnixNano()))
+	if err := p.c.write(FramePing, b[:]); err != nil {
+		p.fail(fmt.Errorf("send ping: %w", err))
+		return
+	}
+	p.mu.Lock()
+	if !p.stopped {
+		// Counted from when this ping was due, as a ticker would: a write
+		// that waited does not push every later ping back.
+		p.t.Reset(max(p.c.probe-time.Since(now), 0))
+	}
+	p.mu.Unlock()
 }
 
 func (c *Control) readLoop() error {

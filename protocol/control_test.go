@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -92,5 +95,67 @@ func TestControl(t *testing.T) {
 		if !errors.As(err, &ga) || ga.GoAway.Reason != "replaced" {
 			t.Fatalf("Run() = %v, want a GoAwayError for replaced", err)
 		}
+	})
+}
+
+// pipeStream is one end of net.Pipe as a Stream, for synctest's clock.
+type pipeStream struct{ net.Conn }
+
+func (pipeStream) CloseWrite() error { return nil }
+
+// TestControlPingTimer runs the ping timer on synctest's clock: a ping
+// every interval while the peer answers, one every probe while it does
+// not.
+func TestControlPingTimer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const interval = 5 * time.Second // probe: AgentKeepAlive, 1 s
+		a, b := net.Pipe()
+		var (
+			mu     sync.Mutex
+			pings  []time.Time
+			answer atomic.Bool
+		)
+		answer.Store(true)
+		go func() {
+			for {
+				typ, p, err := ReadFrame(b)
+				if err != nil {
+					return
+				}
+				if typ != FramePing {
+					continue
+				}
+				mu.Lock()
+				pings = append(pings, time.Now())
+				mu.Unlock()
+				if answer.Load() {
+					WriteFrame(b, FramePong, p)
+				}
+			}
+		}()
+		count := func() int {
+			synctest.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			return len(pings)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() { errc <- NewControl(pipeStream{a}, interval).Run(ctx) }()
+
+		time.Sleep(30*time.Second + time.Millisecond)
+		if n := count(); n != 6 {
+			t.Fatalf("%d pings in 30 s answered at once, want one per %s: 6", n, interval)
+		}
+		answer.Store(false)
+		time.Sleep(10 * time.Second)
+		if n := count(); n != 12 {
+			t.Fatalf("%d pings at 40 s, the last 10 s unanswered, want 12 (the 7th at 35 s, then one a second)", n)
+		}
+		cancel()
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Fatalf("Run() = %v after cancel", err)
+		}
+		b.Close()
 	})
 }

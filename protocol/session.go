@@ -62,6 +62,9 @@ var (
 	// ErrSessionClosed is a session's Err after a Close from this side or
 	// an orderly end from the peer's.
 	ErrSessionClosed = errors.New("session closed")
+	// ErrTooManyStreams ends a session on which the peer opened more
+	// streams than it may (an agent opens only the control stream).
+	ErrTooManyStreams = errors.New("protocol violation: the peer opened too many streams")
 )
 
 // Liveness timings. These are the defaults of both sides; a server's
@@ -192,12 +195,47 @@ type quicStream struct {
 
 func (s *quicStream) Read(p []byte) (int, error) {
 	n, err := s.st.Read(p)
+	if err != nil {
+		s.connEnded(err)
+	}
 	return n, quicStreamErr(err)
 }
 
 func (s *quicStream) Write(p []byte) (int, error) {
 	n, err := s.st.Write(p)
+	if err != nil {
+		s.connEnded(err)
+	}
 	return n, quicStreamErr(err)
+}
+
+// connEnded waits, when err says the connection ended, until the session
+// says so too: quic-go fails the streams just before it marks the
+// connection done, and a caller that sees a stream fail and then asks the
+// session why (Session.Err, to tell a silent peer from a hang-up) must not
+// find it still running. The wait is that gap; the bound only guards it.
+func (s *quicStream) connEnded(err error) {
+	if !isConnErr(err) {
+		return
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-s.c.Context().Done():
+	case <-t.C:
+	}
+}
+
+// isConnErr says err is a quic-go connection's end. A type switch rather
+// than errors.As: this runs on every stream's io.EOF, allocation-free.
+func isConnErr(err error) bool {
+	for ; err != nil; err = errors.Unwrap(err) {
+		switch err.(type) {
+		case *quic.IdleTimeoutError, *quic.ApplicationError, *quic.TransportError, *quic.StatelessResetError, *quic.HandshakeTimeoutError:
+			return true
+		}
+	}
+	return false
 }
 
 func quicStreamErr(err error) error {

@@ -411,13 +411,12 @@ func TestWatchdog(t *testing.T) {
 		in, out    atomic.Int64 // bytes received, sent
 		keepalives atomic.Int64
 		result     chan error
-		stop       chan struct{}
 		w          *watchdog
 	}
 	start := func(l Liveness) *dog {
-		d := &dog{result: make(chan error, 1), stop: make(chan struct{})}
+		d := &dog{result: make(chan error, 1)}
 		d.w = newWatchdog(l, d.in.Load, d.out.Load, func() { d.keepalives.Add(1); d.out.Add(12) })
-		go func() { d.result <- d.w.run(d.stop) }()
+		d.w.start(nil, func(err error) { d.result <- err })
 		return d
 	}
 	ended := func(d *dog) (error, bool) {
@@ -461,9 +460,11 @@ func TestWatchdog(t *testing.T) {
 			if n := d.keepalives.Load(); n != 0 {
 				t.Errorf("%d keep-alives on a session that kept sending", n)
 			}
-			close(d.stop)
-			if err := <-d.result; err != nil {
-				t.Fatalf("stop: %v", err)
+			d.w.stop()
+			time.Sleep(l.IdleTimeout * 2)
+			synctest.Wait()
+			if err, ok := ended(d); ok {
+				t.Fatalf("a stopped watchdog ended the session: %v", err)
 			}
 		})
 	})
@@ -477,8 +478,7 @@ func TestWatchdog(t *testing.T) {
 			if n := d.keepalives.Load(); n < 3 {
 				t.Errorf("%d keep-alives in 20s of receiving only: the peer would hear nothing", n)
 			}
-			close(d.stop)
-			<-d.result
+			d.w.stop()
 		})
 	})
 	t.Run("a keep-alive interval set after the handshake applies", func(t *testing.T) {

@@ -44,11 +44,36 @@ func YamuxConfig() *yamux.Config {
 	return c
 }
 
+// serverAcceptBacklog is the server's yamux backlog. yamux sizes two
+// things with it: the queue of streams the peer opened and this side has
+// not accepted (an agent opens one), and how many streams this side may
+// have opened that the peer has not acknowledged yet. An agent
+// acknowledges a delivery stream as soon as its accept loop takes it, so
+// 256 unacknowledged opens only slow a burst of more than 256 new streams
+// within one round trip (deliveries beyond wait for acknowledgements, as
+// they wait beyond MaxConcurrentDeliveries). The queue's slots are 8 bytes
+// each, held by every session from its start: 1,024 of them were 8 KiB
+// of an idle tunnel's cost (issue 11).
+const serverAcceptBacklog = 256
+
+func serverYamuxConfig() *yamux.Config {
+	c := YamuxConfig()
+	c.AcceptBacklog = serverAcceptBacklog
+	return c
+}
+
 // ServerYamux starts the server side of a yamux session on an accepted TLS
 // connection that negotiated ALPN.
+//
+// An agent opens one stream, the control stream, and nothing else: a second
+// stream it opens, before its Hello or after its Welcome, ends the session
+// with ErrTooManyStreams as soon as its first frame is read, so a stranger
+// cannot make the server buffer streams (nothing needs to accept them to
+// find out).
 func ServerYamux(conn net.Conn, l Liveness) (Session, error) {
 	yc := newYamuxConn(conn)
-	ys, err := yamux.Server(yc, YamuxConfig())
+	yc.maxIncoming = 1
+	ys, err := yamux.Server(yc, serverYamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
@@ -103,7 +128,6 @@ type yamuxSession struct {
 
 	errOnce sync.Once
 	err     error // why the session ended; set before it ends
-	wg      sync.WaitGroup
 
 	// The streams not yet closed, so that end can release their readers
 	// before yamux shuts down: yamux v0.1.2's Read loops without
@@ -118,13 +142,7 @@ type yamuxSession struct {
 func newYamuxSession(ys *yamux.Session, conn *yamuxConn, l Liveness) *yamuxSession {
 	s := &yamuxSession{s: ys, conn: conn, streams: make(map[*yamuxStream]struct{})}
 	s.dog = newWatchdog(l, conn.received.Load, conn.sent.Load, conn.keepalive)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.dog.run(ys.CloseChan()); err != nil {
-			s.end(err)
-		}
-	}()
+	s.dog.start(ys.CloseChan(), s.end)
 	return s
 }
 
@@ -188,7 +206,9 @@ func (s *yamuxSession) isEnded() bool {
 func (s *yamuxSession) setErr(err error) {
 	s.errOnce.Do(func() {
 		if cerr := s.conn.readErr(); cerr != nil {
-			if errors.Is(cerr, io.EOF) {
+			if errors.Is(cerr, ErrTooManyStreams) {
+				err = cerr
+			} else if errors.Is(cerr, io.EOF) {
 				err = fmt.Errorf("%w: the peer closed the connection", ErrSessionClosed)
 			} else {
 				err = fmt.Errorf("connection failed: %w", cerr)
@@ -219,10 +239,10 @@ func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 	return s.stream(st), nil
 }
 
-// Close ends the session and waits for its watchdog.
+// Close ends the session and stops its watchdog.
 func (s *yamuxSession) Close() error {
 	s.end(ErrSessionClosed)
-	s.wg.Wait()
+	s.dog.stop()
 	return nil
 }
 
@@ -343,6 +363,7 @@ const (
 	yamuxTypeData         = 0
 	yamuxTypeWindowUpdate = 1
 	yamuxTypePing         = 2
+	yamuxFlagSYN          = 0x1
 	yamuxFlagACK          = 0x2
 	yamuxFlagFIN          = 0x4
 	yamuxFlagRST          = 0x8
@@ -360,6 +381,10 @@ type yamuxConn struct {
 	received atomic.Int64
 	sent     atomic.Int64
 	in       frameTracker // read side: only yamux's receive loop reads
+
+	// maxIncoming, when positive, is how many streams the peer may open
+	// over the session's life; incoming counts them (receive loop only).
+	maxIncoming, incoming int
 
 	finMu sync.Mutex
 	fins  map[uint32]struct{} // streams the peer sent FIN on, until read to EOF
@@ -385,7 +410,12 @@ func (c *yamuxConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.received.Add(int64(n))
-		c.in.track(p[:n], c.noteFIN)
+		c.in.track(p[:n], c.noteHeader)
+		if c.maxIncoming > 0 && c.incoming > c.maxIncoming {
+			// yamux's receive loop ends on the error and closes the
+			// session; what it has not parsed yet is dropped with it.
+			n, err = 0, fmt.Errorf("%w: the peer opened stream %d of at most %d", ErrTooManyStreams, c.incoming, c.maxIncoming)
+		}
 	}
 	if err != nil {
 		c.errMu.Lock()
@@ -397,8 +427,12 @@ func (c *yamuxConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *yamuxConn) noteFIN(hdr []byte) {
-	if binary.BigEndian.Uint16(hdr[2:])&yamuxFlagFIN != 0 {
+func (c *yamuxConn) noteHeader(hdr []byte) {
+	flags := binary.BigEndian.Uint16(hdr[2:])
+	if flags&yamuxFlagSYN != 0 && (hdr[1] == yamuxTypeData || hdr[1] == yamuxTypeWindowUpdate) {
+		c.incoming++ // a SYN opens a stream (on pings it asks for an answer)
+	}
+	if flags&yamuxFlagFIN != 0 {
 		c.finMu.Lock()
 		c.fins[binary.BigEndian.Uint32(hdr[4:])] = struct{}{}
 		c.finMu.Unlock()

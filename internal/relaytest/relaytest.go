@@ -11,7 +11,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -311,14 +313,31 @@ func BuildRelay(t testing.TB) string {
 	return bin
 }
 
-// FreePort is a TCP port on loopback that nobody listened on a moment ago.
+// FreePort is a port on loopback that is free for both TCP and UDP a
+// moment ago. It is drawn from below Linux's ephemeral range (32768 and
+// up), where the kernel never puts a client socket of its own choosing:
+// a port taken from the ephemeral range could be handed to some QUIC
+// client's UDP socket between this pick and the server's bind, and the
+// server then failed with "address already in use" on a busy machine.
 func FreePort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	t.Helper()
+	for range 200 {
+		port := 20000 + rand.IntN(32768-20000)
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no port free for both TCP and UDP on 127.0.0.1 in 20000-32767")
+	return 0
 }
 
 // WaitListening waits until something accepts TCP connections on addr.
