@@ -543,3 +543,99 @@ func FuzzReadInbound(f *testing.F) {
 		}
 	})
 }
+
+// TestALargeBodyCrossesInLargeWrites: a body too large to go inline
+// leaves in writes of tens of KiB, each one transport write (a yamux frame,
+// a run of QUIC packets), not one per 4 KiB; both ways, and byte for byte.
+func TestALargeBodyCrossesInLargeWrites(t *testing.T) {
+	const size = 4 << 20
+	for _, tr := range streamTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			server, agent := tr.open(t)
+			var agentWrites writeCount
+			answered := make(chan struct{})
+			serveAgent(t, &writeCountingSession{Session: agent, n: &agentWrites}, func(in *Inbound) {
+				defer close(answered)
+				n, err := io.Copy(io.Discard, in.Request.Body)
+				if err != nil || n != size {
+					in.Abort()
+					return
+				}
+				in.Respond(&http.Response{StatusCode: http.StatusOK, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{},
+					Body: io.NopCloser(io.LimitReader(zeros{}, size)), ContentLength: size})
+			}, nil)
+			var serverWrites writeCount
+			streams := NewStreams(&writeCountingSession{Session: server, n: &serverWrites}, 4)
+			req := newRequest(t, io.LimitReader(zeros{}, size)) // streamed: no GetBody
+			req.ContentLength = size
+			resp, err := streams.RoundTrip(context.Background(), Delivery{ID: "big"}, req, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil || n != size {
+				t.Fatalf("answer: %d bytes, %v; want %d", n, err, size)
+			}
+			// The last bytes of a write can reach the other side before
+			// that Write returns and is counted: wait for both writers.
+			select {
+			case <-answered:
+			case <-time.After(time.Minute):
+				t.Fatal("the agent's handler never returned")
+			}
+			for deadline := time.Now().Add(time.Minute); serverWrites.bytes.Load() < size && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			for _, c := range []struct {
+				who string
+				n   *writeCount
+			}{{"server", &serverWrites}, {"agent", &agentWrites}} {
+				writes, bytes := c.n.writes.Load(), c.n.bytes.Load()
+				if bytes < size {
+					t.Errorf("the %s wrote %d bytes, want at least %d", c.who, bytes, size)
+				}
+				if avg := bytes / max(writes, 1); avg < 32<<10 {
+					t.Errorf("the %s wrote %d bytes in %d writes (%d bytes each), want at least 32 KiB each", c.who, bytes, writes, avg)
+				}
+			}
+		})
+	}
+}
+
+type writeCount struct{ writes, bytes atomic.Int64 }
+
+// writeCountingSession counts what is written on the streams it opens
+// and accepts.
+type writeCountingSession struct {
+	Session
+	n *writeCount
+}
+
+func (s *writeCountingSession) OpenStream(ctx context.Context) (Stream, error) {
+	st, err := s.Session.OpenStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &writeCountingStream{Stream: st, n: s.n}, nil
+}
+
+func (s *writeCountingSession) AcceptStream(ctx context.Context) (Stream, error) {
+	st, err := s.Session.AcceptStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &writeCountingStream{Stream: st, n: s.n}, nil
+}
+
+type writeCountingStream struct {
+	Stream
+	n *writeCount
+}
+
+func (s *writeCountingStream) Write(p []byte) (int, error) {
+	s.n.writes.Add(1)
+	n, err := s.Stream.Write(p)
+	s.n.bytes.Add(int64(n))
+	return n, err
+}

@@ -63,6 +63,10 @@ type Store struct {
 	adds   int64      // under wmu
 }
 
+// writerCacheKiB is the page cache of the connection recordings are
+// written on.
+const writerCacheKiB = 512
+
 // pruneEvery is how many additions pass between retention checks.
 const pruneEvery = 256
 
@@ -112,6 +116,13 @@ func newStore(ctx context.Context, db *sql.DB, opt Options, path string) (*Store
 	var err error
 	if s.writer, err = db.Conn(ctx); err != nil {
 		db.Close()
+		return nil, fmt.Errorf("open recordings: %w", err)
+	}
+	// Appends touch the last pages of the table and its indexes; SQLite's
+	// default 2 MB page cache mostly kept the overflow pages of large
+	// bodies already written, in the agent's resident memory.
+	if _, err := s.writer.ExecContext(ctx, fmt.Sprintf("PRAGMA cache_size = -%d", writerCacheKiB)); err != nil {
+		s.Close()
 		return nil, fmt.Errorf("open recordings: %w", err)
 	}
 	return s, nil

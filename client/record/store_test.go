@@ -230,3 +230,17 @@ func TestSeenKeysLastTheWindowAndSurviveReopening(t *testing.T) {
 		})
 	}
 }
+
+// TestTheWriterKeepsASmallPageCache: the connection recordings are
+// written on keeps 512 KiB of pages, not SQLite's default 2 MB, which
+// large bodies filled with pages nobody reads again.
+func TestTheWriterKeepsASmallPageCache(t *testing.T) {
+	st, err := record.Open(context.Background(), t.TempDir(), record.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if n, err := record.WriterCacheSize(st); err != nil || n != -512 {
+		t.Errorf("writer's cache_size %d (%v), want -512 (KiB)", n, err)
+	}
+}

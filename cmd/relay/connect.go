@@ -48,6 +48,7 @@ func newConnectCmd() *cobra.Command {
 // runAgent runs an agent, its recorder and its inspector until the
 // command's context ends, turning its errors into one actionable line.
 func runAgent(cmd *cobra.Command, cfg client.Config, opts agentOptions) error {
+	limitMemory(cmd.Context())
 	return explainAgentError(opts.run(cmd, cfg), cfg)
 }
 

@@ -30,6 +30,7 @@ relay takes each for the flag whose address it has, and restarts refuse no conne
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Logger = logger(cmd)
 			cfg.Version = version
+			limitMemory(cmd.Context())
 			sockets, err := server.SocketsFromEnv()
 			if err != nil {
 				return err

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -58,11 +60,26 @@ func newTokenCmd() *cobra.Command {
 			if len(names) == 0 {
 				return fmt.Errorf("--name is required: the tunnel name this token may serve (NAME.DOMAIN)")
 			}
-			st, err := open(cmd.Context(), initDB)
+			// A --data directory that does not exist yet is a new
+			// server's: scripts (the side-by-side bench among them) create
+			// tokens and then start the server there. It is created, and
+			// stderr says where, so a mistyped path is seen at once. An
+			// existing directory without a database is refused: that is
+			// the wrong one.
+			create, fresh := initDB, false
+			if !create && database == "" {
+				if _, err := os.Stat(dataDir); errors.Is(err, fs.ErrNotExist) {
+					create, fresh = true, true
+				}
+			}
+			st, err := open(cmd.Context(), create)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
+			if fresh {
+				fmt.Fprintf(cmd.ErrOrStderr(), "relay: %s did not exist: created a new relay database there; start the server with --data %s\n", dataDir, dataDir)
+			}
 			tok, secret, err := st.CreateToken(cmd.Context(), names...)
 			if err != nil {
 				return err
@@ -74,7 +91,7 @@ func newTokenCmd() *cobra.Command {
 		},
 	}
 	create.Flags().StringSliceVar(&names, "name", nil, "tunnel name this token may serve (repeatable)")
-	create.Flags().BoolVar(&initDB, "init", false, "create the database if there is none yet (before the server's first start)")
+	create.Flags().BoolVar(&initDB, "init", false, "create the database in an existing --data directory that has none yet (a new directory is created without it)")
 
 	var asJSON bool
 	list := &cobra.Command{

@@ -18,34 +18,64 @@ import (
 )
 
 func TestTokenCommandsNeverCreateADatabaseByAccident(t *testing.T) {
-	wrong := filepath.Join(t.TempDir(), "wrongdir")
-	for _, args := range [][]string{
-		{"token", "create", "--name", "typo-dev", "--data", wrong},
-		{"token", "list", "--data", wrong},
-		{"token", "revoke", "tok_abc", "--data", wrong},
+	// An existing directory without relay's database is the wrong one: a
+	// mistyped --data that lands on some directory, or the server's
+	// directory before anything was put there. Listing or revoking needs a
+	// database anywhere.
+	existing := t.TempDir()
+	missing := filepath.Join(t.TempDir(), "wrongdir")
+	for _, tc := range []struct {
+		dir  string
+		args []string
+	}{
+		{existing, []string{"token", "create", "--name", "typo-dev", "--data", existing}},
+		{existing, []string{"token", "list", "--data", existing}},
+		{missing, []string{"token", "list", "--data", missing}},
+		{missing, []string{"token", "revoke", "tok_abc", "--data", missing}},
 	} {
-		t.Run(strings.Join(args[:2], " "), func(t *testing.T) {
-			code, out, errs := runCLI(t, args...)
+		t.Run(strings.Join(tc.args[:2], " ")+" in "+filepath.Base(tc.dir), func(t *testing.T) {
+			code, out, errs := runCLI(t, tc.args...)
 			if code == 0 || strings.Contains(out, "relay_") || strings.Count(errs, "\n") != 1 ||
-				!strings.Contains(errs, wrong) || !strings.Contains(errs, "--init") {
-				t.Fatalf("%v: exit %d, stdout %q, stderr %q; want one line naming %s and --init", args, code, out, errs, wrong)
+				!strings.Contains(errs, tc.dir) || !strings.Contains(errs, "--init") {
+				t.Fatalf("%v: exit %d, stdout %q, stderr %q; want one line naming %s and --init", tc.args, code, out, errs, tc.dir)
 			}
-			if _, err := os.Stat(wrong); !os.IsNotExist(err) {
-				t.Fatalf("%s was created: %v", wrong, err)
+			if _, err := os.Stat(filepath.Join(tc.dir, "relay.db")); !os.IsNotExist(err) {
+				t.Fatalf("a database was created in %s: %v", tc.dir, err)
+			}
+			if tc.dir == missing {
+				if _, err := os.Stat(missing); !os.IsNotExist(err) {
+					t.Fatalf("%s was created: %v", missing, err)
+				}
 			}
 		})
 	}
-	t.Run("--init creates it, and then the server finds the token", func(t *testing.T) {
-		code, out, errs := runCLI(t, "token", "create", "--init", "--name", "first", "--data", wrong)
+	t.Run("create in a directory that does not exist yet makes it, says so, and the server finds the token", func(t *testing.T) {
+		fresh := filepath.Join(t.TempDir(), "new-server")
+		code, out, errs := runCLI(t, "token", "create", "--name", "scripted", "--data", fresh)
+		if code != 0 {
+			t.Fatalf("create in a new directory: %d %s", code, errs)
+		}
+		if !strings.Contains(errs, fresh+" did not exist: created a new relay database there") {
+			t.Fatalf("stderr does not say where the database was made: %q", errs)
+		}
+		secret := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
+		srv := devServer(t, fresh)
+		if _, err := srv.Store().Authenticate(context.Background(), secret); err != nil {
+			t.Fatalf("the server does not know the token: %v", err)
+		}
+	})
+	t.Run("--init creates it in an existing directory, and then the server finds the token", func(t *testing.T) {
+		dir := t.TempDir()
+		code, out, errs := runCLI(t, "token", "create", "--init", "--name", "first", "--data", dir)
 		if code != 0 {
 			t.Fatalf("create --init: %s", errs)
 		}
 		secret := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
-		srv := devServer(t, wrong)
+		srv := devServer(t, dir)
 		if _, err := srv.Store().Authenticate(context.Background(), secret); err != nil {
 			t.Fatalf("the server does not know the token: %v", err)
 		}
-		if code, out, _ := runCLI(t, "token", "list", "--data", wrong); code != 0 || !strings.Contains(out, "first") {
+		if code, out, _ := runCLI(t, "token", "list", "--data", dir); code != 0 || !strings.Contains(out, "first") {
 			t.Fatalf("list: %d %q", code, out)
 		}
 	})
