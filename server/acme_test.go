@@ -38,6 +38,8 @@ type acmeRelay struct {
 	listen     string
 	quicListen string
 	httpListen string
+	nodeName   string // with advertise, a node of a cluster on database
+	advertise  string
 }
 
 // start runs the server until the returned stop (or the test's end).
@@ -51,6 +53,8 @@ func (r acmeRelay) start(t *testing.T) (*server.Server, func()) {
 		HTTPListen:     r.httpListen,
 		DataDir:        r.dataDir,
 		Database:       r.database,
+		NodeName:       r.nodeName,
+		Advertise:      r.advertise,
 		ACMEEmail:      "ops@relay.test",
 		ACMEDirectory:  r.pebble.DirectoryURL,
 		ACMEHTTPClient: r.pebble.HTTPClient(),
@@ -256,13 +260,9 @@ func testACMEReuse(t *testing.T, b relaytest.Backend, tr string) {
 
 // TestACMEServerObtainsCertificateWithHTTP01 has Pebble's TLS-ALPN-01
 // check hit a port that hangs up, so autocert falls back to HTTP-01, which
-// the relay answers on its HTTPListen.
-//
-// Pebble always sends "Host: NAME:PORT" (even for port 80) and autocert's
-// host policy refuses a Host with a port; Let's Encrypt sends the bare
-// name. So a front on Pebble's HTTP port strips the port and forwards to
-// the relay's HTTP listener: it stands in for port 80 and changes nothing
-// else. The last table row shows the relay's own refusal of the ported Host.
+// the relay answers on its HTTPListen. Pebble sends "Host: NAME:PORT" (a
+// real CA on port 80 usually sends the bare name); the relay judges the
+// name. A transparent proxy on Pebble's HTTP port counts the answers.
 func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
 	const tunnel = "web"
 	hangup, err := net.Listen("tcp", "127.0.0.1:0")
@@ -285,40 +285,17 @@ func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
 		hangup.Close()
 		hangupDone.Wait()
 	})
-	frontLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pebble := pebbletest.Start(t, hangup.Addr().(*net.TCPAddr).Port, frontLn.Addr().(*net.TCPAddr).Port)
+	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(relaytest.FreePort(t)))
+	challenges := watchChallenges(t, httpAddr)
+	pebble := pebbletest.Start(t, hangup.Addr().(*net.TCPAddr).Port, challenges.port())
 
 	srv, _ := acmeRelay{
 		pebble:     pebble,
 		dataDir:    t.TempDir(),
 		listen:     "127.0.0.1:0",
 		quicListen: "off",
-		httpListen: "127.0.0.1:0",
+		httpListen: httpAddr,
 	}.start(t)
-
-	var challengesAnswered atomic.Int64
-	front := httptest.NewUnstartedServer(&httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(&url.URL{Scheme: "http", Host: srv.HTTPAddr()})
-			pr.Out.Host = pr.In.Host
-			if host, _, err := net.SplitHostPort(pr.In.Host); err == nil {
-				pr.Out.Host = host
-			}
-		},
-		ModifyResponse: func(resp *http.Response) error {
-			if strings.HasPrefix(resp.Request.URL.Path, "/.well-known/acme-challenge/") && resp.StatusCode == http.StatusOK {
-				challengesAnswered.Add(1)
-			}
-			return nil
-		},
-	})
-	front.Listener.Close()
-	front.Listener = frontLn
-	front.Start()
-	t.Cleanup(front.Close)
 
 	relaytest.CreateToken(t, srv, tunnel)
 	name := tunnel + "." + acmeDomain
@@ -332,8 +309,8 @@ func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
 	if tlsALPNTries.Load() == 0 {
 		t.Error("the CA never tried TLS-ALPN-01, so the fallback was not exercised")
 	}
-	if challengesAnswered.Load() == 0 {
-		t.Error("the relay's HTTP listener never answered an HTTP-01 challenge")
+	if challenges.answered.Load() == 0 {
+		t.Errorf("the relay's HTTP listener never answered an HTTP-01 challenge (%d refused)", challenges.refused.Load())
 	}
 
 	tests := []struct {
@@ -347,7 +324,8 @@ func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
 		{"unknown challenge token is not found", name, "/.well-known/acme-challenge/x", http.StatusNotFound, ""},
 		// The redirect keeps the HTTPS port, which here is not 443.
 		{"other paths redirect to HTTPS", name, "/hook?a=1", http.StatusPermanentRedirect, "https://" + net.JoinHostPort(name, mustPort(t, srv.Addr())) + "/hook?a=1"},
-		{"challenge with a port in Host is forbidden", net.JoinHostPort(name, "80"), "/.well-known/acme-challenge/x", http.StatusForbidden, ""},
+		{"challenge with a port in Host is judged by its name", net.JoinHostPort(name, "80"), "/.well-known/acme-challenge/x", http.StatusNotFound, ""},
+		{"challenge with a port in Host for an unreserved name is forbidden", net.JoinHostPort("nobody."+acmeDomain, "80"), "/.well-known/acme-challenge/x", http.StatusForbidden, ""},
 	}
 	noRedirect := &http.Client{
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -374,6 +352,38 @@ func TestACMEServerObtainsCertificateWithHTTP01(t *testing.T) {
 		})
 	}
 }
+
+// challengeWatch stands on the CA's HTTP-01 port in front of a relay's
+// HTTP listener. It passes requests on unchanged, Host and all, and counts
+// the challenges the relay answered and those it refused.
+type challengeWatch struct {
+	answered, refused atomic.Int64
+	srv               *httptest.Server
+}
+
+func watchChallenges(t *testing.T, relayHTTP string) *challengeWatch {
+	w := &challengeWatch{}
+	w.srv = httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&url.URL{Scheme: "http", Host: relayHTTP})
+			pr.Out.Host = pr.In.Host
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if strings.HasPrefix(resp.Request.URL.Path, "/.well-known/acme-challenge/") {
+				if resp.StatusCode == http.StatusOK {
+					w.answered.Add(1)
+				} else {
+					w.refused.Add(1)
+				}
+			}
+			return nil
+		},
+	})
+	t.Cleanup(w.srv.Close)
+	return w
+}
+
+func (w *challengeWatch) port() int { return w.srv.Listener.Addr().(*net.TCPAddr).Port }
 
 func mustPort(t *testing.T, addr string) string {
 	t.Helper()

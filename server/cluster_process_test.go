@@ -132,3 +132,76 @@ func TestAKilledNodeCostsTheAgentOneSessionAndNothingElse(t *testing.T) {
 		t.Fatalf("the agent kept dialling n3 after its lease ran out:\n%s", console.String())
 	}
 }
+
+// TestAnAgentStoppedWithSIGTERMLeavesEveryNodeAtOnce stops a `relay connect`
+// process that holds a session on each of three nodes, as systemctl stop or
+// Ctrl-C does: it exits cleanly, and every node hears it leave (a clean
+// disconnection, not a session that goes silent and times out 15 s later).
+func TestAnAgentStoppedWithSIGTERMLeavesEveryNodeAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds relay and runs the agent as a process")
+	}
+	bin := relaytest.BuildRelay(t)
+	for _, tr := range relaytest.Transports {
+		t.Run(tr, func(t *testing.T) { testAgentStoppedWithSIGTERM(t, bin, tr) })
+	}
+}
+
+func testAgentStoppedWithSIGTERM(t *testing.T, bin, transport string) {
+	c := relaytest.StartCluster(t, 3)
+	token := relaytest.CreateToken(t, c.Node(0), "leaver")
+	app := relaytest.EchoApp(t)
+	out := &relaytest.Buffer{}
+	cmd := exec.Command(bin, "connect", app.URL, "--server", c.Addr(0), "--token", token, "--name", "leaver",
+		"--transport", transport, "--ca", c.Node(0).DevCAPath(), "--data", t.TempDir(), "--inspect", "")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("agent output:\n%s", out.String())
+		}
+	})
+	relaytest.WaitFor(t, "the agent to connect to every node", func() bool {
+		return strings.Contains(out.String(), "to 3 relay nodes (n1, n2, n3)")
+	})
+	for i := range c.Len() {
+		relaytest.WaitFor(t, "every node to hold the tunnel", func() bool { return c.Node(i).Tunnels() == 1 })
+	}
+
+	// Only what the nodes log from here on is about the stop.
+	before := make([]int, c.Len())
+	for i := range before {
+		before[i] = len(c.Logs[i].String())
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("relay connect on SIGTERM: %v (want exit status 0)", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay connect did not exit within 30 s of SIGTERM")
+	}
+	// A clean close reads as no error, or as the agent's QUIC close
+	// (application error 0) when the control stream noticed it first; a
+	// session left to time out would end with the peer's silence.
+	for i := range c.Len() {
+		var left string
+		relaytest.WaitFor(t, "every node to log the agent leaving", func() bool {
+			for line := range strings.Lines(c.Logs[i].String()[before[i]:]) {
+				if strings.Contains(line, `msg="agent disconnected"`) && strings.Contains(line, "name=leaver") {
+					left = line
+				}
+			}
+			return left != ""
+		})
+		if c.Node(i).Tunnels() != 0 || strings.Contains(left, "err=") && !strings.Contains(left, "Application error 0x0 (remote)") {
+			t.Fatalf("%s: the agent's session did not end cleanly: %q", relaytest.NodeName(i), left)
+		}
+	}
+}

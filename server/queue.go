@@ -223,21 +223,53 @@ func (g *slowBodyGuard) Read(p []byte) (int, error) {
 // failed says the body, not the store, broke the upload.
 func (g *slowBodyGuard) failed() bool { return g.err != nil }
 
-// kickQueue wakes the tunnel's drainer without blocking.
+// kickQueue wakes the tunnel's drainer, or starts one, without blocking.
 func (t *tunnel) kickQueue() {
+	t.drainMu.Lock()
+	defer t.drainMu.Unlock()
+	if t.queueCtx.Err() != nil {
+		return // the session is over, replaced or revoked
+	}
+	if t.draining {
+		select {
+		case t.kick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	t.draining = true
+	t.startDrain()
+}
+
+// drainerIdle ends the drainer that found the queue empty, unless a kick
+// came while it looked; with poll, the queue is looked at again then.
+func (t *tunnel) drainerIdle(poll time.Duration) bool {
+	t.drainMu.Lock()
+	defer t.drainMu.Unlock()
 	select {
-	case t.kick <- struct{}{}:
+	case <-t.kick:
+		return false
 	default:
 	}
+	t.draining = false
+	if poll > 0 && t.queueCtx.Err() == nil {
+		if t.poll == nil {
+			t.poll = time.AfterFunc(poll, t.kickQueue)
+		} else {
+			t.poll.Reset(poll)
+		}
+	}
+	return true
 }
 
 // drainQueue hands t's queued deliveries to its agent, oldest first, one
-// at a time (so live deliveries are never starved), for as long as the
-// session is the tunnel's. A delivery leaves the queue only once the agent
-// reports the local app's answer, or as a dead letter once the app failed
-// on it QueueMaxAttempts times. One drainer per name holds a claim in the
-// store while it hands over, so a replaced session here, or a session on
-// another node, never hands over the same delivery at once.
+// at a time (so live deliveries are never starved), until the queue is
+// empty or the session is no longer the tunnel's (kickQueue starts it). A
+// delivery leaves the queue only once the agent reports the local app's
+// answer, or as a dead letter once the app failed on it QueueMaxAttempts
+// times. One drainer per name holds a claim in the store while it hands
+// over, so a replaced session here, or a session on another node, never
+// hands over the same delivery at once.
 func (s *Server) drainQueue(ctx context.Context, t *tunnel) {
 	// A claim is short and renewed while a hand-over runs, so the claim
 	// of a process that was killed holds its name's queue for seconds,
@@ -262,12 +294,14 @@ func (s *Server) drainQueue(ctx context.Context, t *tunnel) {
 		if errors.Is(err, store.ErrNotFound) {
 			release()
 			// Another node may store a delivery for this name: its
-			// notification wakes this drainer, the poll covers one lost.
+			// notification kicks the queue, the poll covers one lost.
 			var poll time.Duration
 			if s.clustered() || s.cfg.Database != "" {
 				poll = s.cfg.QueuePoll
 			}
-			s.waitQueue(ctx, t, poll)
+			if t.drainerIdle(poll) {
+				return
+			}
 			continue
 		}
 		if err != nil {

@@ -38,15 +38,21 @@ func BenchmarkIdleTunnels(b *testing.B) {
 	}
 }
 
-func memInUse() (heapStacks uint64, goroutines int) {
+func memInUse() (heap, stacks uint64, goroutines int) {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.HeapInuse + m.StackInuse, runtime.NumGoroutine()
+	return m.HeapInuse, m.StackInuse, runtime.NumGoroutine()
 }
 
 func idleTunnels(b *testing.B, transport string, n int) {
+	if os.Getenv("RELAY_IDLE_PROFILE") != "" {
+		// A finer sample than the default 512 KiB: the profile is read
+		// per tunnel, a few KiB each.
+		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 4096
+	}
 	srv := relaytest.StartServer(b)
 	names := make([]string, n)
 	for i := range names {
@@ -60,7 +66,7 @@ func idleTunnels(b *testing.B, transport string, n int) {
 	if transport == "quic" {
 		addr = srv.QUICAddr()
 	}
-	heap0, g0 := memInUse()
+	heap0, stacks0, g0 := memInUse()
 	rss0 := relaytest.RSS()
 
 	child := exec.Command(os.Args[0], "-test.run=^TestIdleTunnelClients$")
@@ -86,7 +92,7 @@ func idleTunnels(b *testing.B, transport string, n int) {
 	if got := srv.Tunnels(); got < n {
 		b.Fatalf("%d of %d tunnels up", got, n)
 	}
-	heap1, g1 := memInUse()
+	heap1, stacks1, g1 := memInUse()
 	rss1 := relaytest.RSS()
 	if dir := os.Getenv("RELAY_IDLE_PROFILE"); dir != "" {
 		// go tool pprof -sample_index=inuse_space DIR/idle-quic-1000.heap
@@ -96,8 +102,17 @@ func idleTunnels(b *testing.B, transport string, n int) {
 		}
 		pprof.Lookup("heap").WriteTo(f, 0)
 		f.Close()
+		// go tool pprof -top DIR/idle-quic-1000.goroutine
+		g, err := os.Create(filepath.Join(dir, fmt.Sprintf("idle-%s-%d.goroutine", transport, n)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		pprof.Lookup("goroutine").WriteTo(g, 0)
+		g.Close()
 	}
-	b.ReportMetric(float64(int64(heap1)-int64(heap0))/float64(n)/1024, "heapKB/tunnel")
+	perTunnel := func(after, before uint64) float64 { return float64(int64(after)-int64(before)) / float64(n) / 1024 }
+	b.ReportMetric(perTunnel(heap1+stacks1, heap0+stacks0), "heapKB/tunnel") // heap and stacks, the name kept for comparisons
+	b.ReportMetric(perTunnel(stacks1, stacks0), "stackKB/tunnel")
 	b.ReportMetric(float64(int64(rss1)-int64(rss0))/float64(n)/1024, "rssKB/tunnel")
 	b.ReportMetric(float64(g1-g0)/float64(n), "goroutines/tunnel")
 }

@@ -26,18 +26,9 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 	// An agent opens the control stream and nothing else. Any other
 	// stream, before the Welcome or after, is a protocol violation that
 	// ends the session: refusing streams one by one would let a stranger
-	// keep the server buffering what it sends on them.
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		st, err := sess.AcceptStream(s.ctx)
-		if err != nil {
-			return // the session ended
-		}
-		st.Close()
-		log.Warn("agent opened a stream of its own; closing the session (protocol violation)")
-		sess.Close()
-	}()
+	// keep the server buffering what it sends on them. The transports
+	// enforce it without a goroutine watching (QUIC grants the agent one
+	// stream; yamux ends the session on a second, with ErrTooManyStreams).
 
 	ctrl.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	var hello protocol.Hello
@@ -131,12 +122,10 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 		s.endSession(t) // revoked while it was being admitted
 	}
 
-	// The queue drains for as long as this session is the tunnel's.
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.drainQueue(t.queueCtx, t)
-	}()
+	// The queue drains for as long as this session is the tunnel's, from
+	// now (deliveries queued while the agent was away) and whenever a
+	// delivery is queued for it.
+	t.kickQueue()
 	err = t.ctrl.Run(ctx)
 	t.stopQueue()
 	s.reg.remove(t)
@@ -149,6 +138,8 @@ func (s *Server) serveSession(ctx context.Context, sess protocol.Session) {
 	}
 	var ga *protocol.GoAwayError
 	switch {
+	case errors.Is(err, protocol.ErrTooManyStreams):
+		log.Warn("agent opened a stream of its own; session closed", "err", err)
 	case errors.As(err, &ga), ctx.Err() != nil, errors.Is(err, protocol.ErrSessionClosed):
 		log.Info("agent disconnected")
 	default:
@@ -198,7 +189,23 @@ func (s *Server) admit(ctx context.Context, h protocol.Hello, sess protocol.Sess
 		s.log.Error("record queueing choice", "name", name, "err", err)
 	}
 	t := &tunnel{name: name, tokenID: tok.ID, id: newID("ses"), sess: sess, connectedAt: time.Now(), kick: make(chan struct{}, 1)}
-	t.queueCtx, t.stopQueue = context.WithCancel(ctx)
+	qctx, cancel := context.WithCancel(ctx)
+	t.queueCtx = qctx
+	t.stopQueue = func() {
+		cancel()
+		t.drainMu.Lock()
+		if t.poll != nil {
+			t.poll.Stop()
+		}
+		t.drainMu.Unlock()
+	}
+	t.startDrain = func() {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.drainQueue(qctx, t)
+		}()
+	}
 	return t, nil
 }
 

@@ -113,63 +113,9 @@ func TestTheImagesDataVolumeBelongsToNonroot(t *testing.T) {
 // RELAY_TEST_IMAGE_FLAGS adds podman flags (in a gVisor sandbox:
 // "--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024").
 func TestTheImageBuildsAndWritesItsVolume(t *testing.T) {
-	if os.Getenv("RELAY_TEST_IMAGE") != "podman" {
-		t.Skip("RELAY_TEST_IMAGE=podman builds and runs the image")
-	}
-	busybox, err := exec.LookPath("busybox")
-	if err != nil || runtime.GOOS != "linux" {
-		t.Skip("the stand-in base images need busybox on linux")
-	}
-	extra := strings.Fields(os.Getenv("RELAY_TEST_IMAGE_FLAGS"))
-	podman := func(args ...string) string {
-		t.Helper()
-		if args[0] == "build" || args[0] == "run" {
-			args = append(args[:1:1], append(extra, args[1:]...)...)
-		}
-		out, err := exec.Command("podman", args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("podman %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
+	podman := podmanFor(t)
 	tag := fmt.Sprintf("localhost/relay-test-%d", time.Now().UnixNano())
-	standIn := func(name string, files map[string]string, dirs map[string]os.FileMode, changes ...string) string {
-		root := t.TempDir()
-		for dst, src := range files {
-			os.MkdirAll(filepath.Join(root, filepath.Dir(dst)), 0o755)
-			if out, err := exec.Command("cp", "-aL", src, filepath.Join(root, dst)).CombinedOutput(); err != nil {
-				t.Fatalf("cp %s: %v %s", src, err, out)
-			}
-		}
-		for d, mode := range dirs {
-			os.MkdirAll(filepath.Join(root, d), mode)
-			os.Chmod(filepath.Join(root, d), mode)
-		}
-		tar := filepath.Join(t.TempDir(), "base.tar")
-		if out, err := exec.Command("tar", "-C", root, "-cf", tar, ".").CombinedOutput(); err != nil {
-			t.Fatalf("tar: %v %s", err, out)
-		}
-		args := []string{"import"}
-		for _, c := range changes {
-			args = append(args, "--change", c)
-		}
-		image := tag + "-" + name
-		podman(append(args, tar, image)...)
-		t.Cleanup(func() { exec.Command("podman", "rmi", "-f", image).Run() })
-		return image
-	}
-	etc := t.TempDir()
-	os.WriteFile(filepath.Join(etc, "passwd"), []byte("root:x:0:0::/root:/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n"), 0o644)
-	os.WriteFile(filepath.Join(etc, "group"), []byte("root:x:0:\nnonroot:x:65532:\n"), 0o644)
-	goImage := standIn("go", map[string]string{"bin/sh": busybox, "bin/mkdir": busybox, "usr/local/go": runtime.GOROOT(), "etc/ssl/certs": "/etc/ssl/certs"},
-		map[string]os.FileMode{"tmp": 0o1777}, "ENV PATH=/usr/local/go/bin:/bin", "ENV HOME=/tmp", "ENV GOFLAGS=-buildvcs=false")
-	baseImage := standIn("base", map[string]string{"etc/passwd": filepath.Join(etc, "passwd"), "etc/group": filepath.Join(etc, "group"), "etc/ssl/certs": "/etc/ssl/certs"},
-		map[string]os.FileMode{"tmp": 0o1777})
-
-	image := tag + ":test"
-	podman("build", "--network", "host", "--build-arg", "GO_IMAGE="+goImage, "--build-arg", "BASE_IMAGE="+baseImage,
-		"-f", "deploy/Dockerfile", "-t", image, filepath.Join("..", ".."))
-	t.Cleanup(func() { exec.Command("podman", "rmi", "-f", image).Run() })
+	image := buildRelayImage(t, podman, tag, tag+":test")
 	volume := strings.TrimPrefix(tag, "localhost/")
 	podman("volume", "create", volume)
 	t.Cleanup(func() { exec.Command("podman", "volume", "rm", "-f", volume).Run() })
@@ -197,6 +143,82 @@ func TestTheImageBuildsAndWritesItsVolume(t *testing.T) {
 	if out := podman("exec", name, "/relay", "version"); !strings.HasPrefix(out, "relay dev") {
 		t.Errorf("relay version in the container: %s", out)
 	}
+}
+
+// podmanFor skips t unless RELAY_TEST_IMAGE=podman, and returns a runner
+// of podman commands that fails t on error and passes
+// RELAY_TEST_IMAGE_FLAGS to build and run.
+func podmanFor(t *testing.T) func(args ...string) string {
+	t.Helper()
+	if os.Getenv("RELAY_TEST_IMAGE") != "podman" {
+		t.Skip("RELAY_TEST_IMAGE=podman builds and runs the image")
+	}
+	if _, err := exec.LookPath("busybox"); err != nil || runtime.GOOS != "linux" {
+		t.Skip("the stand-in base images need busybox on linux")
+	}
+	extra := strings.Fields(os.Getenv("RELAY_TEST_IMAGE_FLAGS"))
+	return func(args ...string) string {
+		t.Helper()
+		if args[0] == "build" || args[0] == "run" {
+			args = append(args[:1:1], append(extra, args[1:]...)...)
+		}
+		out, err := exec.Command("podman", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("podman %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+}
+
+// standInImage imports a root file system made of files (destination:
+// source, copied with links followed) and dirs as image, removed when the
+// test ends.
+func standInImage(t *testing.T, podman func(...string) string, image string, files map[string]string, dirs map[string]os.FileMode, changes ...string) string {
+	t.Helper()
+	root := t.TempDir()
+	for dst, src := range files {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(dst)), 0o755)
+		if out, err := exec.Command("cp", "-aL", src, filepath.Join(root, dst)).CombinedOutput(); err != nil {
+			t.Fatalf("cp %s: %v %s", src, err, out)
+		}
+	}
+	for d, mode := range dirs {
+		os.MkdirAll(filepath.Join(root, d), mode)
+		os.Chmod(filepath.Join(root, d), mode)
+	}
+	tar := filepath.Join(t.TempDir(), "base.tar")
+	if out, err := exec.Command("tar", "-C", root, "-cf", tar, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, out)
+	}
+	args := []string{"import"}
+	for _, c := range changes {
+		args = append(args, "--change", c)
+	}
+	podman(append(args, tar, image)...)
+	t.Cleanup(func() { exec.Command("podman", "rmi", "-f", image).Run() })
+	return image
+}
+
+// buildRelayImage builds deploy/Dockerfile as image from stand-ins for
+// its base images (named tag-go and tag-base); all three are removed when
+// the test ends.
+func buildRelayImage(t *testing.T, podman func(...string) string, tag, image string) string {
+	t.Helper()
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	etc := t.TempDir()
+	os.WriteFile(filepath.Join(etc, "passwd"), []byte("root:x:0:0::/root:/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n"), 0o644)
+	os.WriteFile(filepath.Join(etc, "group"), []byte("root:x:0:\nnonroot:x:65532:\n"), 0o644)
+	goImage := standInImage(t, podman, tag+"-go", map[string]string{"bin/sh": busybox, "bin/mkdir": busybox, "usr/local/go": runtime.GOROOT(), "etc/ssl/certs": "/etc/ssl/certs"},
+		map[string]os.FileMode{"tmp": 0o1777}, "ENV PATH=/usr/local/go/bin:/bin", "ENV HOME=/tmp", "ENV GOFLAGS=-buildvcs=false")
+	baseImage := standInImage(t, podman, tag+"-base", map[string]string{"etc/passwd": filepath.Join(etc, "passwd"), "etc/group": filepath.Join(etc, "group"), "etc/ssl/certs": "/etc/ssl/certs"},
+		map[string]os.FileMode{"tmp": 0o1777})
+	podman("build", "--network", "host", "--build-arg", "GO_IMAGE="+goImage, "--build-arg", "BASE_IMAGE="+baseImage,
+		"-f", "deploy/Dockerfile", "-t", image, filepath.Join("..", ".."))
+	t.Cleanup(func() { exec.Command("podman", "rmi", "-f", image).Run() })
+	return image
 }
 
 func relaytestFreePort(t *testing.T) string {

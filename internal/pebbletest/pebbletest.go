@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,22 +25,29 @@ import (
 	"github.com/miekg/dns"
 )
 
-// newOrderPath is where ACME clients create orders on Pebble.
-const newOrderPath = "/order-plz"
+// Where ACME clients create orders on Pebble, and finalize them (send
+// the CSR) once every authorization is valid.
+const (
+	newOrderPath      = "/order-plz"
+	orderFinalizePath = "/finalize-order/"
+)
 
 // Pebble is a running in-process ACME CA.
 type Pebble struct {
 	// DirectoryURL is the ACME directory to give the client.
 	DirectoryURL string
 
-	srv    *httptest.Server
-	ca     *ca.CAImpl
-	orders atomic.Int64
+	srv       *httptest.Server
+	ca        *ca.CAImpl
+	orders    atomic.Int64
+	finalized atomic.Int64
 }
 
 // Start runs Pebble until the test ends. Its validation authority checks
 // TLS-ALPN-01 on 127.0.0.1:tlsPort and HTTP-01 on 127.0.0.1:httpPort, for
-// every name. Pebble's log is printed only if the test fails.
+// every name; its HTTP-01 request carries "Host: NAME:httpPort", a port
+// that Let's Encrypt leaves out on port 80. Pebble's log is printed only
+// if the test fails.
 func Start(t testing.TB, tlsPort, httpPort int) *Pebble {
 	t.Helper()
 	logs := &lockedBuffer{}
@@ -70,14 +78,23 @@ func Start(t testing.TB, tlsPort, httpPort int) *Pebble {
 	p := &Pebble{ca: authority}
 	api := front.Handler()
 	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost || r.URL.Path != newOrderPath {
+		var count *atomic.Int64
+		want := http.StatusOK
+		switch {
+		case r.Method != http.MethodPost:
+		case r.URL.Path == newOrderPath:
+			count, want = &p.orders, http.StatusCreated
+		case strings.HasPrefix(r.URL.Path, orderFinalizePath):
+			count = &p.finalized
+		}
+		if count == nil {
 			api.ServeHTTP(w, r)
 			return
 		}
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		api.ServeHTTP(sw, r)
-		if sw.status == http.StatusCreated {
-			p.orders.Add(1)
+		if sw.status == want {
+			count.Add(1)
 		}
 	}))
 	// Clients that outlive the test (autocert deactivates authorizations
@@ -103,6 +120,10 @@ func (p *Pebble) Roots() *x509.CertPool {
 // Orders counts the orders Pebble created: one per attempt to obtain a
 // certificate, none for a certificate served from a cache.
 func (p *Pebble) Orders() int { return int(p.orders.Load()) }
+
+// Certificates counts the orders finalized: one per certificate issued,
+// however many orders failed validation on the way.
+func (p *Pebble) Certificates() int { return int(p.finalized.Load()) }
 
 // startDNS serves, over TCP as Pebble's resolver asks, A 127.0.0.1 for every
 // name and no other records (Pebble dials the first address it gets and

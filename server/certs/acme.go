@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/acme"
@@ -21,10 +23,24 @@ import (
 // certificate ready.
 const DefaultIssueTimeout = 30 * time.Second
 
+// issueLockWait bounds the wait for another node's order, as autocert
+// bounds an order itself.
+const issueLockWait = 5 * time.Minute
+
+// IssueLocker is a cache shared by several nodes that can make them take
+// turns ordering a name's first certificate. Without turns, nodes that get
+// the name's first handshakes at the same moment each order one.
+type IssueLocker interface {
+	// LockIssue blocks until this node alone holds name's turn, or ctx
+	// ends; unlock gives the turn back.
+	LockIssue(ctx context.Context, name string) (unlock func(), err error)
+}
+
 // ACMEConfig configures certificates from an ACME CA.
 type ACMEConfig struct {
 	// Dir caches the account key and certificates across restarts,
-	// unless Cache is set (the server's database keeps them).
+	// unless Cache is set (the server's database keeps them). A Cache
+	// that is also an IssueLocker is shared: first orders take turns.
 	Dir   string
 	Cache autocert.Cache
 	Email string // optional contact for the CA's expiry notices
@@ -77,6 +93,9 @@ type ACME struct {
 	log        *slog.Logger
 	timeout    time.Duration
 	http01Only bool
+	locker     IssueLocker // nil: one node
+	held       sync.Map    // names this node has a certificate for
+	turns      sync.Map    // name -> *sync.Mutex: who on this node takes the cluster's turn
 }
 
 // NewACME builds the autocert manager; nothing is requested until the
@@ -90,7 +109,9 @@ func NewACME(cfg ACMEConfig) (*ACME, error) {
 	if cache == nil {
 		cache = autocert.DirCache(cfg.Dir)
 	}
+	locker, _ := cache.(IssueLocker)
 	return &ACME{
+		locker: locker,
 		m: &autocert.Manager{
 			Prompt:     autocert.AcceptTOS,
 			Cache:      cache,
@@ -151,7 +172,12 @@ func (a *ACME) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, err
 	// wait is bounded here; the goroutine ends when autocert returns.
 	done := make(chan result, 1)
 	go func() {
+		unlock := a.takeTurn(hello, name)
 		cert, err := a.m.GetCertificate(hello)
+		if err == nil {
+			a.held.Store(name, struct{}{})
+		}
+		unlock()
 		done <- result{cert, err}
 	}()
 	select {
@@ -171,14 +197,76 @@ func (a *ACME) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, err
 	}
 }
 
+// takeTurn waits, when name may need its first certificate, until no other
+// node is ordering it; autocert then finds that node's certificate in the
+// shared cache instead of ordering a second one. Names this node has a
+// certificate for cost nothing; others cost a reservation check and a
+// cache read, and at most one handshake per name on this node waits for
+// the cluster's turn (the rest wait here), so a burst of hellos cannot
+// open a database connection each. Without the cluster's turn (database
+// unreachable) the order goes ahead: a duplicate certificate is better
+// than none.
+func (a *ACME) takeTurn(hello *tls.ClientHelloInfo, name string) (unlock func()) {
+	nothing := func() {}
+	if a.locker == nil || slices.Equal(hello.SupportedProtos, []string{acme.ALPNProto}) {
+		return nothing
+	}
+	if _, ok := a.held.Load(name); ok {
+		return nothing
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), issueLockWait)
+	defer cancel()
+	// autocert refuses the name too; asking first keeps the turns (and
+	// their connections) to names that may have a certificate.
+	if err := a.policy.Allow(ctx, name); err != nil {
+		return nothing
+	}
+	local, _ := a.turns.LoadOrStore(name, new(sync.Mutex))
+	mu := local.(*sync.Mutex)
+	mu.Lock()
+	if _, ok := a.held.Load(name); ok {
+		mu.Unlock()
+		return nothing
+	}
+	// autocert keeps a name's ECDSA certificate under the bare name; an
+	// RSA-only client's first certificate for a name that has an ECDSA one
+	// is left to race.
+	if _, err := a.m.Cache.Get(ctx, name); err == nil {
+		mu.Unlock()
+		return nothing
+	}
+	release, err := a.locker.LockIssue(ctx, name)
+	if err != nil {
+		a.log.Warn("acme order without the cluster's turn", "name", name, "reason", err)
+		return mu.Unlock
+	}
+	return func() {
+		release()
+		mu.Unlock()
+	}
+}
+
 // HTTPHandler answers HTTP-01 validation on port 80 and passes every other
 // request to fallback (normally RedirectHTTPS). Calling it is what lets
-// autocert fall back to HTTP-01 when TLS-ALPN-01 fails.
+// autocert fall back to HTTP-01 when TLS-ALPN-01 fails. The challenge token
+// comes from autocert's memory or else from the cache, so with a shared
+// cache any node answers for a certificate another node ordered.
 func (a *ACME) HTTPHandler(fallback http.Handler) http.Handler {
 	if fallback == nil {
 		fallback = RedirectHTTPS(443)
 	}
-	return a.m.HTTPHandler(fallback)
+	challenges := a.m.HTTPHandler(fallback)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A CA may name the port it dialled in Host ("name:80" is valid
+		// HTTP; Pebble always sends one), and the host policy refuses a
+		// name with a port, as a TLS name never has one: the CA's check
+		// then fails with 403. The name is what is being validated.
+		if host, _, err := net.SplitHostPort(r.Host); err == nil {
+			r = r.WithContext(r.Context()) // a copy: the caller's request stays as it came
+			r.Host = host
+		}
+		challenges.ServeHTTP(w, r)
+	})
 }
 
 // onlyTLS13 reports whether the client offers TLS 1.3 and nothing older.

@@ -129,17 +129,6 @@ func TestACMEServesCachedCertificatesAfterRestart(t *testing.T) {
 	}
 }
 
-// stripPort stands in for port 80: Pebble's validator puts the test port
-// in the Host header, and the host policy refuses names with a port.
-func stripPort(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if host, _, err := net.SplitHostPort(r.Host); err == nil {
-			r.Host = host
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
 func TestACMEObtainsCertificatesWithHTTP01(t *testing.T) {
 	tlsLn, webLn := reservePort(t), reservePort(t)
 	pebble := pebbletest.Start(t, tlsLn.Addr().(*net.TCPAddr).Port, webLn.Addr().(*net.TCPAddr).Port)
@@ -150,7 +139,7 @@ func TestACMEObtainsCertificatesWithHTTP01(t *testing.T) {
 		if strings.HasPrefix(r.URL.Path, "/.well-known/acme-challenge/") {
 			served.Add(1)
 		}
-		stripPort(challenges).ServeHTTP(w, r)
+		challenges.ServeHTTP(w, r)
 	}))
 	web.Listener.Close()
 	web.Listener = webLn
@@ -181,6 +170,9 @@ func TestACMEObtainsCertificatesWithHTTP01(t *testing.T) {
 		{"challenge for an unreserved name is forbidden", "zzz." + acmeDomain, "/.well-known/acme-challenge/token", http.StatusForbidden},
 		{"unknown challenge token is not found", name, "/.well-known/acme-challenge/token", http.StatusNotFound},
 		{"other paths redirect to HTTPS", name, "/hook?a=1", http.StatusPermanentRedirect},
+		// Pebble sends "Host: NAME:PORT"; the name is what is judged.
+		{"challenge with a port in Host is judged by its name", net.JoinHostPort(name, "80"), "/.well-known/acme-challenge/token", http.StatusNotFound},
+		{"challenge with a port in Host for an unreserved name is forbidden", net.JoinHostPort("zzz."+acmeDomain, "80"), "/.well-known/acme-challenge/token", http.StatusForbidden},
 	}
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	for _, tt := range tests {

@@ -170,7 +170,6 @@ func (lim QueueLimits) Fits(name string, u Usage, more int, size int64) error {
 // Node is a relay server of a cluster as the registry holds it: a lease
 // it renews, and the address agents dial it at.
 type Node struct {
-	Name    string
-	Addr    string // host:port, the node's --advertise
-	Expires time.Time
+	Name string
+	Addr string // host:port, the node's --advertise
 }

@@ -27,7 +27,7 @@ func (s *Store) RegisterNode(ctx context.Context, name, addr string, ttl time.Du
 
 // LiveNodes are the nodes whose lease has not expired, by name.
 func (s *Store) LiveNodes(ctx context.Context) ([]store.Node, error) {
-	rows, err := s.pool.Query(ctx, `SELECT name, addr, expires_ms, `+nowMillis+` FROM nodes
+	rows, err := s.pool.Query(ctx, `SELECT name, addr FROM nodes
 		WHERE expires_ms > `+nowMillis+` ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
@@ -36,12 +36,9 @@ func (s *Store) LiveNodes(ctx context.Context) ([]store.Node, error) {
 	var nodes []store.Node
 	for rows.Next() {
 		var n store.Node
-		var exp, now int64
-		if err := rows.Scan(&n.Name, &n.Addr, &exp, &now); err != nil {
+		if err := rows.Scan(&n.Name, &n.Addr); err != nil {
 			return nil, fmt.Errorf("list nodes: %w", err)
 		}
-		// In this process's clock: what is left of the lease, from now.
-		n.Expires = time.Now().Add(time.Duration(exp-now) * time.Millisecond)
 		nodes = append(nodes, n)
 	}
 	if err := rows.Err(); err != nil {

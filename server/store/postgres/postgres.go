@@ -306,6 +306,28 @@ func (c certCache) Put(ctx context.Context, key string, data []byte) error {
 	return err
 }
 
+// LockIssue makes nodes take turns at ordering a certificate for name
+// (certs.IssueLocker), with a session advisory lock held until unlock. The
+// lock has a connection of its own, not the pool's: an order may take
+// minutes, and closing the connection is what releases the lock, also
+// when this node dies.
+func (c certCache) LockIssue(ctx context.Context, name string) (unlock func(), err error) {
+	conn, err := pgx.ConnectConfig(ctx, c.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return nil, fmt.Errorf("acme issue lock for %s: %w", name, err)
+	}
+	unlock = func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn.Close(cctx)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended('relay.acme:' || $1, 0))`, name); err != nil {
+		unlock()
+		return nil, fmt.Errorf("acme issue lock for %s: %w", name, err)
+	}
+	return unlock, nil
+}
+
 func (c certCache) Delete(ctx context.Context, key string) error {
 	_, err := c.pool.Exec(ctx, `DELETE FROM acme_cache WHERE key = $1`, key)
 	return err

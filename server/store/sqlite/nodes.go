@@ -22,7 +22,7 @@ func (s *Store) RegisterNode(ctx context.Context, name, addr string, ttl time.Du
 
 // LiveNodes are the nodes whose lease has not expired, by name.
 func (s *Store) LiveNodes(ctx context.Context) ([]store.Node, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT name, addr, expires_ms FROM nodes WHERE expires_ms > ? ORDER BY name`, time.Now().UnixMilli())
+	rows, err := s.r.QueryContext(ctx, `SELECT name, addr FROM nodes WHERE expires_ms > ? ORDER BY name`, time.Now().UnixMilli())
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
@@ -30,11 +30,9 @@ func (s *Store) LiveNodes(ctx context.Context) ([]store.Node, error) {
 	var nodes []store.Node
 	for rows.Next() {
 		var n store.Node
-		var exp int64
-		if err := rows.Scan(&n.Name, &n.Addr, &exp); err != nil {
+		if err := rows.Scan(&n.Name, &n.Addr); err != nil {
 			return nil, fmt.Errorf("list nodes: %w", err)
 		}
-		n.Expires = time.UnixMilli(exp)
 		nodes = append(nodes, n)
 	}
 	if err := rows.Err(); err != nil {
