@@ -520,12 +520,23 @@ func (a *Agent) serve(ctx context.Context, t *target, l *link) (*link, error) {
 	case err := <-runErr:
 		var ga *protocol.GoAwayError
 		replaced := errors.As(err, &ga) && ga.GoAway.Reason == "replaced"
-		if replaced && t.probing.Load() {
-			// Our own upgrade replaced this session; the new one is on
-			// its way from probeQUIC.
-			select {
-			case next = <-upgraded:
-			case <-time.After(10 * time.Second):
+		if replaced {
+			// Our own upgrade may have replaced this session: the server
+			// hangs up the old session as it welcomes the new one, so
+			// the GoAway can come before or after probeQUIC hands the
+			// new one over. probing is read first: probeQUIC clears it
+			// only after the hand-over, so once it reads false a new
+			// session is already in upgraded or none is coming.
+			if t.probing.Load() {
+				select {
+				case next = <-upgraded:
+				case <-time.After(10 * time.Second):
+				}
+			} else {
+				select {
+				case next = <-upgraded:
+				default:
+				}
 			}
 		}
 		if next == nil {
