@@ -189,3 +189,41 @@ func TestARevocationOnOneNodeEndsTheTokensSessionsOnEveryNode(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestADeliveryQueuedOnANodeWithoutTheTunnelWakesTheNodeThatHasIt: no
+// drainer polls, so only the queue's notification (WatchQueued) can move
+// a delivery stored by one node to the agent's session on another.
+func TestADeliveryQueuedOnANodeWithoutTheTunnelWakesTheNodeThatHasIt(t *testing.T) {
+	// The agent cannot reach n2: nothing answers where n2 says it is.
+	unreachable := fmt.Sprintf("127.0.0.1:%d", relaytest.FreePort(t))
+	c := relaytest.StartCluster(t, 2, func(cfg *server.Config) {
+		if cfg.NodeName == relaytest.NodeName(1) {
+			cfg.Advertise = unreachable
+		}
+	})
+	got := make(chan string, 10)
+	app := relaytest.App(t, func(w http.ResponseWriter, r *http.Request) {
+		got <- r.URL.Path
+		w.WriteHeader(http.StatusNoContent)
+	})
+	clusterAgent(t, c, "tcp", relaytest.CreateToken(t, c.Node(0), "across"), "across", app)
+	relaytest.WaitFor(t, "n1 to hold the tunnel and its drainer to find the queue empty", func() bool {
+		return c.Node(0).Tunnels() == 1 && c.Node(1).Tunnels() == 0 && !c.Node(0).Draining("across")
+	})
+	for i := range 3 {
+		srv := c.Node(1)
+		path := fmt.Sprintf("/%d", i)
+		resp, body := relaytest.Post(t, relaytest.ProviderClient(t, srv), relaytest.TunnelURL(srv, "across", path), `{}`)
+		if resp.StatusCode != http.StatusAccepted || body["queued"] != true {
+			t.Fatalf("delivery through n2, which has no session: %d %v, want 202 queued", resp.StatusCode, body)
+		}
+		select {
+		case p := <-got:
+			if p != path {
+				t.Fatalf("the app got %s, want %s", p, path)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("delivery %s, queued on n2, never reached the agent's session on n1", path)
+		}
+	}
+}

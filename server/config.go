@@ -59,10 +59,6 @@ type Config struct {
 	NodeName  string
 	Advertise string
 	NodeLease time.Duration
-	// QueuePoll is how often an idle drainer looks for deliveries another
-	// node stored, should their notification be lost; cluster mode only
-	// (a single node wakes its drainers itself).
-	QueuePoll time.Duration
 
 	// Certificates: Dev, or TLSCert+TLSKey, or ACME (the default).
 	Dev           bool
@@ -140,7 +136,6 @@ const (
 	// a port beside, not on, Prometheus's own 9090.
 	DefaultMetricsListen = "127.0.0.1:9190"
 	DefaultNodeLease     = 15 * time.Second
-	DefaultQueuePoll     = 5 * time.Second
 )
 
 // ErrConfig wraps every configuration error.
@@ -213,7 +208,6 @@ func (c Config) withDefaults() (Config, error) {
 		c.MetricsListen = "off"
 	}
 	c.NodeLease = cmp.Or(c.NodeLease, DefaultNodeLease)
-	c.QueuePoll = cmp.Or(c.QueuePoll, DefaultQueuePoll)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -260,7 +254,7 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("--node-name", "%q: use 1-63 of a-z, 0-9 and '-'", c.NodeName)
 	case (c.NodeName == "") != (c.Advertise == ""):
 		return bad("--node-name/--advertise", "give both or neither (--advertise is the HOST:PORT agents dial this node at)")
-	case c.NodeLease < 100*time.Millisecond || c.QueuePoll < 10*time.Millisecond:
+	case c.NodeLease < 100*time.Millisecond:
 		return bad("node lease", "too short")
 	}
 	if c.Advertise != "" {

@@ -242,8 +242,10 @@ func (t *tunnel) kickQueue() {
 }
 
 // drainerIdle ends the drainer that found the queue empty, unless a kick
-// came while it looked; with poll, the queue is looked at again then.
-func (t *tunnel) drainerIdle(poll time.Duration) bool {
+// came while it looked. Nothing polls an idle name: a delivery queued
+// here kicks it, and one queued by another node reaches it through the
+// store's WatchQueued, which loses none (or says "look at every name").
+func (t *tunnel) drainerIdle() bool {
 	t.drainMu.Lock()
 	defer t.drainMu.Unlock()
 	select {
@@ -252,13 +254,6 @@ func (t *tunnel) drainerIdle(poll time.Duration) bool {
 	default:
 	}
 	t.draining = false
-	if poll > 0 && t.queueCtx.Err() == nil {
-		if t.poll == nil {
-			t.poll = time.AfterFunc(poll, t.kickQueue)
-		} else {
-			t.poll.Reset(poll)
-		}
-	}
 	return true
 }
 
@@ -293,13 +288,7 @@ func (s *Server) drainQueue(ctx context.Context, t *tunnel) {
 		q, err := s.store.NextQueued(ctx, t.name)
 		if errors.Is(err, store.ErrNotFound) {
 			release()
-			// Another node may store a delivery for this name: its
-			// notification kicks the queue, the poll covers one lost.
-			var poll time.Duration
-			if s.clustered() || s.cfg.Database != "" {
-				poll = s.cfg.QueuePoll
-			}
-			if t.drainerIdle(poll) {
+			if t.drainerIdle() {
 				return
 			}
 			continue

@@ -21,16 +21,16 @@ type tunnel struct {
 	kick        chan struct{} // wakes a running queue drainer
 	load        tunnelLoad    // the edge's slots and notices (edge.go)
 	queueCtx    context.Context
-	stopQueue   func() // ends the drainer: session over, replaced or revoked
+	stopQueue   context.CancelFunc // ends the drainer: session over, replaced or revoked
 	revoked     atomic.Bool
 
 	// The queue drainer runs only while the name may have something
 	// queued: started by kickQueue, it ends once it finds the queue empty
-	// (issue 11: an idle tunnel holds no goroutine for its queue).
+	// (an idle tunnel holds no goroutine and polls nothing; a delivery
+	// queued by another node kicks it through the store's WatchQueued).
 	drainMu    sync.Mutex
-	draining   bool        // a drainer runs
-	startDrain func()      // starts one, owned by the server's WaitGroup
-	poll       *time.Timer // kicks an idle name's queue again (another node may fill it)
+	draining   bool   // a drainer runs
+	startDrain func() // starts one, owned by the server's WaitGroup
 
 	nodesMu  sync.Mutex // orders the Welcome and Nodes frames
 	welcomed bool       // the Welcome has left

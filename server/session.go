@@ -191,14 +191,7 @@ func (s *Server) admit(ctx context.Context, h protocol.Hello, sess protocol.Sess
 	t := &tunnel{name: name, tokenID: tok.ID, id: newID("ses"), sess: sess, connectedAt: time.Now(), kick: make(chan struct{}, 1)}
 	qctx, cancel := context.WithCancel(ctx)
 	t.queueCtx = qctx
-	t.stopQueue = func() {
-		cancel()
-		t.drainMu.Lock()
-		if t.poll != nil {
-			t.poll.Stop()
-		}
-		t.drainMu.Unlock()
-	}
+	t.stopQueue = cancel
 	t.startDrain = func() {
 		s.wg.Add(1)
 		go func() {

@@ -91,7 +91,7 @@ func (c *Cluster) Addr(i int) string { return c.addrs[i] }
 func (c *Cluster) Start(i int) *server.Server {
 	c.t.Helper()
 	cfg := server.Config{Dev: true, Listen: c.addrs[i], DataDir: c.dirs[i], Database: c.Database,
-		NodeName: NodeName(i), Advertise: c.addrs[i], NodeLease: ClusterLease, QueuePoll: 500 * time.Millisecond,
+		NodeName: NodeName(i), Advertise: c.addrs[i], NodeLease: ClusterLease,
 		Logger: slog.New(slog.NewTextHandler(c.Logs[i], &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	for _, m := range c.mods {
 		m(&cfg)

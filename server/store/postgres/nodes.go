@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/relaytunnel/relay/server/store"
@@ -61,31 +62,83 @@ func (s *Store) LeaveNode(ctx context.Context, name string) error {
 const queuedChannel = "relay_queued"
 
 // WatchQueued sends the name of every delivery queued from now on, by any
-// node, until ctx ends; then it closes the channel. "" means the watch
-// (re)connected and may have missed some: look at every name. A slow
-// reader misses names rather than holding the listener up; the server's
-// drainers poll as well.
+// node, until ctx ends; then it closes the channel. It loses none: names
+// the reader has not taken yet wait, each once, and past maxPendingNames
+// (or when the listener (re)connects and may have missed some) they give
+// way to "", which means look at every name. So an idle drainer needs no
+// poll.
 func (s *Store) WatchQueued(ctx context.Context) (<-chan string, error) {
-	ch := make(chan string, 64)
+	ch := make(chan string)
+	p := &pendingNames{wake: make(chan struct{}, 1), set: map[string]bool{}}
+	var wg sync.WaitGroup
+	wg.Go(func() { s.listen(ctx, queuedChannel, p.add) })
 	go func() {
 		defer close(ch)
-		for failures := 0; ctx.Err() == nil; failures++ {
-			ok := s.listenOnce(ctx, queuedChannel, func(name string) {
+		defer wg.Wait()
+		for {
+			name, ok := p.take()
+			if !ok {
 				select {
-				case ch <- name:
-				default:
+				case <-ctx.Done():
+					return
+				case <-p.wake:
 				}
-			})
-			if ok {
-				failures = 0
+				continue
 			}
-			t := time.NewTimer(min(time.Duration(failures+1)*500*time.Millisecond, 10*time.Second))
 			select {
+			case ch <- name:
 			case <-ctx.Done():
-			case <-t.C:
+				return
 			}
-			t.Stop()
 		}
 	}()
 	return ch, nil
+}
+
+// maxPendingNames bounds what a busy reader leaves waiting: past it, one
+// "" stands for them all.
+const maxPendingNames = 4096
+
+// pendingNames are the queued names a WatchQueued reader has yet to take,
+// in the order they came, each once.
+type pendingNames struct {
+	mu    sync.Mutex
+	all   bool // "" is owed: look at every name
+	names []string
+	set   map[string]bool
+	wake  chan struct{}
+}
+
+func (p *pendingNames) add(name string) {
+	p.mu.Lock()
+	switch {
+	case p.all:
+	case name == "" || len(p.names) >= maxPendingNames:
+		p.all, p.names = true, nil
+		clear(p.set)
+	case !p.set[name]:
+		p.set[name] = true
+		p.names = append(p.names, name)
+	}
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *pendingNames) take() (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.all:
+		p.all = false
+		return "", true
+	case len(p.names) > 0:
+		name := p.names[0]
+		p.names = p.names[1:]
+		delete(p.set, name)
+		return name, true
+	}
+	return "", false
 }

@@ -3,7 +3,10 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -148,5 +151,45 @@ func TestAQueuedDeliveryWakesAWatcherOnAnotherHandle(t *testing.T) {
 	}
 	cancel()
 	for range ch {
+	}
+}
+
+// TestAWatcherThatIsNotReadLosesNoQueuedName: the server polls nothing,
+// so a name the reader was too busy to take must still come.
+func TestAWatcherThatIsNotReadLosesNoQueuedName(t *testing.T) {
+	url := pgtest.URL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	watcher, sender := open(t, url, postgres.Options{Create: true}), open(t, url, postgres.Options{Create: true})
+	ch, err := watcher.WatchQueued(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := <-ch; got != "" {
+		t.Fatalf("first report = %q, want \"\"", got)
+	}
+	const n = 200 // more than any buffer a watcher could drop beyond
+	want := map[string]bool{}
+	for i := range n + 1 {
+		name := fmt.Sprintf("busy-%03d", i)
+		if i == n {
+			name = "last"
+		}
+		want[name] = true
+		q := &store.Queued{Name: name, DeliveryID: "dlv_" + name, ReceivedAt: time.Now(), Method: "POST", URI: "/", Host: name + ".example", Header: http.Header{}, BodySize: 2}
+		if err := sender.Enqueue(ctx, q, strings.NewReader("{}"), store.QueueLimits{MaxCount: 10, MaxBytes: 1 << 20, MaxTotalBytes: 1 << 30}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for len(want) > 0 {
+		select {
+		case got := <-ch:
+			if got == "" {
+				return // told to look at every name: nothing is lost
+			}
+			delete(want, got)
+		case <-ctx.Done():
+			t.Fatalf("%d queued names never came, among them %v", len(want), slices.Collect(maps.Keys(want))[:min(len(want), 3)])
+		}
 	}
 }

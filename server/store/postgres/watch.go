@@ -26,7 +26,12 @@ func (s *Store) WatchRevocations(ctx context.Context) (<-chan string, error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.listen(ctx, revokedChannel, wake)
+		s.listen(ctx, revokedChannel, func(string) {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		})
 	}()
 	go func() {
 		defer close(ch)
@@ -75,19 +80,12 @@ func (s *Store) revokedSince(ctx context.Context, after int64) ([]string, int64,
 }
 
 // listen keeps a connection of its own (not the pool's) listening on
-// channel until ctx ends, and pokes wake, without blocking, on every
-// notification and on every (re)connection, since notifications sent while
-// it was away are lost. The cluster's other announcements (queue
-// wake-ups, node changes) are meant to share this shape.
-func (s *Store) listen(ctx context.Context, channel string, wake chan<- struct{}) {
-	poke := func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	}
+// channel until ctx ends, calling got with each notification's payload,
+// and with "" on every (re)connection, since notifications sent while it
+// was away are lost.
+func (s *Store) listen(ctx context.Context, channel string, got func(payload string)) {
 	for failures := 0; ctx.Err() == nil; failures++ {
-		if s.listenOnce(ctx, channel, func(string) { poke() }) {
+		if s.listenOnce(ctx, channel, got) {
 			failures = 0 // it was up: retry at once
 		}
 		t := time.NewTimer(min(time.Duration(failures+1)*500*time.Millisecond, 10*time.Second))
