@@ -159,13 +159,15 @@ func (a *Agent) runTarget(ctx context.Context, t *target, l *link) error {
 		if l == nil {
 			l, err = a.connect(ctx, a.cfg.Transport, t)
 			if err == nil {
+				if connected {
+					a.metrics.reconnects.Inc()
+				}
 				switch {
 				case t.node != "":
 					a.fleet.Load().up(t, l)
 					// The nodes may have changed while it was away.
 					a.fleet.Load().update(l.welcome.Nodes, false)
 				case connected:
-					a.metrics.reconnects.Inc()
 					a.say("connected again via %s: %s", transportName(l.sess), l.welcome.URL)
 				}
 			}

@@ -49,7 +49,7 @@ func newMetrics() *metrics {
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_agent_reconnects_total",
-			Help: "Sessions established again after a connection was lost.",
+			Help: "Sessions established again after a connection was lost (to any node of a cluster).",
 		}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_agent_connected",

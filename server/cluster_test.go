@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -225,5 +226,45 @@ func TestADeliveryQueuedOnANodeWithoutTheTunnelWakesTheNodeThatHasIt(t *testing.
 		case <-time.After(time.Minute):
 			t.Fatalf("delivery %s, queued on n2, never reached the agent's session on n1", path)
 		}
+	}
+}
+
+// TestAnAgentCountsItsReconnectionsToANodeOfACluster: a session to one
+// node lost and established again is a reconnection in the agent's
+// metrics, as it is with a single server.
+func TestAnAgentCountsItsReconnectionsToANodeOfACluster(t *testing.T) {
+	var gate *relaytest.TCPGate // between the agent and n2
+	c := relaytest.StartCluster(t, 2, func(cfg *server.Config) {
+		cfg.Heartbeat = time.Second // a silent n2 is noticed in seconds
+		if cfg.NodeName == relaytest.NodeName(1) {
+			gate = relaytest.NewTCPGate(t, cfg.Listen)
+			cfg.Advertise = gate.Addr()
+		}
+	})
+	cfg := relaytest.AgentConfig(c.Node(0), "tcp", relaytest.CreateToken(t, c.Node(0), "counted"), "counted", relaytest.EchoApp(t).URL)
+	console := &relaytest.Buffer{}
+	cfg.Console = console
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent console:\n%s", console.String())
+		}
+	})
+	a, _ := relaytest.ConnectAgent(t, cfg)
+	relaytest.WaitFor(t, "the agent to have a session on both nodes", func() bool { return len(a.Nodes()) == 2 })
+	metrics := httptest.NewServer(a.MetricsHandler())
+	defer metrics.Close()
+	if got := relaytest.Scrape(t, metrics.URL).Value("relay_agent_reconnects_total", nil); got != 0 {
+		t.Fatalf("relay_agent_reconnects_total = %v before any session was lost", got)
+	}
+
+	gate.Open.Store(false)
+	relaytest.WaitFor(t, "the agent to lose n2", func() bool { return strings.Contains(console.String(), "relay node n2: connection lost") })
+	connected := strings.Count(console.String(), "relay node n2: connected via")
+	gate.Open.Store(true)
+	relaytest.WaitFor(t, "the agent to connect to n2 again", func() bool {
+		return strings.Count(console.String(), "relay node n2: connected via") > connected
+	})
+	if got := relaytest.Scrape(t, metrics.URL).Value("relay_agent_reconnects_total", nil); got < 1 {
+		t.Fatalf("relay_agent_reconnects_total = %v after n2's session came back, want at least 1", got)
 	}
 }
