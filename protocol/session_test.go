@@ -481,6 +481,45 @@ func TestWatchdog(t *testing.T) {
 			d.w.stop()
 		})
 	})
+	t.Run("a stall of this process counts as two checks of silence, not the whole stall", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			var in atomic.Int64
+			var stall atomic.Bool
+			result := make(chan error, 1)
+			// received is read inside the check: sleeping there is a
+			// check that ran, then a process that got no CPU for 20s.
+			w := newWatchdog(l, func() int64 {
+				if stall.CompareAndSwap(true, false) {
+					time.Sleep(20 * time.Second)
+				}
+				return in.Load()
+			}, func() int64 { return 0 }, func() {})
+			w.start(nil, func(err error) { result <- err })
+			defer w.stop()
+			for range 5 {
+				in.Add(1)
+				time.Sleep(time.Second)
+			}
+			stall.Store(true)
+			time.Sleep(25 * time.Second) // the stall, then five seconds of running silence
+			synctest.Wait()
+			select {
+			case err := <-result:
+				t.Fatalf("ended after a 20s stall of its own and 5s of silence: %v", err)
+			default:
+			}
+			time.Sleep(l.IdleTimeout)
+			synctest.Wait()
+			select {
+			case err := <-result:
+				if !errors.Is(err, ErrPeerSilent) {
+					t.Fatalf("ended with %v, want ErrPeerSilent", err)
+				}
+			default:
+				t.Fatal("still alive after a whole idle timeout of running silence")
+			}
+		})
+	})
 	t.Run("a keep-alive interval set after the handshake applies", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			d := start(l)
