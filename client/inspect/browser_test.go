@@ -32,6 +32,7 @@ const shotsDir = "/tmp/inspector-shots"
 type page struct {
 	t   *testing.T
 	ctx context.Context
+	tab context.Context // without ctx's deadline: what a failure reads the page with
 }
 
 // browser is one headless Chromium for the package's tests, started by the
@@ -80,14 +81,33 @@ func openBrowser(t *testing.T, w, h int) *page {
 	if err := chromedp.Do(ctx, chromedp.EmulateViewport(int64(w), int64(h))); err != nil {
 		t.Fatalf("size the tab: %v", err)
 	}
-	return &page{t: t, ctx: ctx}
+	return &page{t: t, ctx: ctx, tab: tab}
 }
 
 func (p *page) do(what string, actions ...chromedp.Action[chromedp.Void]) {
 	p.t.Helper()
 	if err := chromedp.Do(p.ctx, actions...); err != nil {
-		p.t.Fatalf("%s: %v", what, err)
+		p.t.Fatalf("%s: %v\n%s", what, err, p.state())
 	}
+}
+
+// state describes the page for a failure's message: where it is, what
+// the list and the detail pane show, whether the event stream is up.
+func (p *page) state() string {
+	ctx, cancel := context.WithTimeout(p.tab, 10*time.Second)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify({
+		url: location.href,
+		live: document.querySelector("#live")?.className,
+		rows: [...document.querySelectorAll("#list a.row")].map(a => a.dataset.id + (a.classList.contains("selected") ? "*" : "")),
+		listNote: document.querySelector("#list-note")?.textContent,
+		detail: document.querySelector("#detail")?.dataset.id ?? null,
+		detailText: (document.querySelector("#detail")?.innerText || "").slice(0, 300),
+	})`))
+	if err != nil {
+		return "(the page could not be read: " + err.Error() + ")"
+	}
+	return "the page: " + s
 }
 
 func (p *page) text(sel string) string {
