@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/relaytunnel/relay/protocol"
-	"github.com/relaytunnel/relay/server/store"
 )
 
 // transportOffline labels deliveries that no agent session carried: the
@@ -120,7 +118,8 @@ func (m *metrics) rejected(code protocol.RejectCode) {
 
 // stateCollector reads, at scrape time, what the server keeps elsewhere:
 // each reserved name's queue (depth and the age of its oldest delivery,
-// two indexed queries a name) and the expiry of the certificates the
+// one query for every name at once: thousands of names must not cost
+// thousands of queries a scrape) and the expiry of the certificates the
 // server serves.
 type stateCollector struct{ s *Server }
 
@@ -149,31 +148,36 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(c.s.ctx, scrapeTimeout)
 	defer cancel()
 	names, errs := c.s.reservedNames(ctx)
-	now := time.Now()
-	for _, name := range names {
-		n, err := c.s.store.QueueLen(ctx, name)
-		if err != nil {
-			errs++
-			continue
-		}
-		ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, float64(n), name)
-		age := 0.0
-		if n > 0 {
-			q, err := c.s.store.NextQueued(ctx, name)
-			switch {
-			case err == nil:
-				age = max(now.Sub(q.ReceivedAt).Seconds(), 0)
-			case !errors.Is(err, store.ErrNotFound):
-				errs++
-			}
-		}
-		ch <- prometheus.MustNewConstMetric(queueAgeDesc, prometheus.GaugeValue, age, name)
+	if len(names) > 0 {
+		errs += c.collectQueues(ctx, ch, names)
 	}
 	certs, cerrs := c.s.certExpiries(ctx, names)
 	for name, exp := range certs {
 		ch <- prometheus.MustNewConstMetric(certExpiryDesc, prometheus.GaugeValue, float64(exp.Unix()), name)
 	}
 	ch <- prometheus.MustNewConstMetric(scrapeErrorDesc, prometheus.GaugeValue, float64(errs+cerrs))
+}
+
+// collectQueues sends every reserved name's queue depth and oldest age,
+// 0 for a name with nothing queued; when the store cannot be read it sends
+// none (a 0 would pass for an empty queue) and counts one error.
+func (c *stateCollector) collectQueues(ctx context.Context, ch chan<- prometheus.Metric, names []string) int {
+	stats, err := c.s.store.QueueStats(ctx)
+	if err != nil {
+		c.s.log.Warn("metrics: queue stats", "err", err)
+		return 1
+	}
+	now := time.Now()
+	for _, name := range names {
+		st := stats[name]
+		age := 0.0
+		if st.Count > 0 {
+			age = max(now.Sub(st.Oldest).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, float64(st.Count), name)
+		ch <- prometheus.MustNewConstMetric(queueAgeDesc, prometheus.GaugeValue, age, name)
+	}
+	return 0
 }
 
 // reservedNames is every name a token reserves.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/relaytunnel/relay/internal/relaytest"
 	"github.com/relaytunnel/relay/server"
+	"github.com/relaytunnel/relay/server/store"
 )
 
 // withMetrics serves the server's metrics on a free loopback port.
@@ -145,6 +146,32 @@ func TestMetricsShowRejectedHandshakesAndTheDevCAsExpiry(t *testing.T) {
 	}
 	if !m.Has("go_goroutines", nil) || !m.Has("process_cpu_seconds_total", nil) {
 		t.Error("no Go or process collector metrics")
+	}
+}
+
+// queueStatsDown is a store whose queue cannot be read at scrape time.
+type queueStatsDown struct{ server.Store }
+
+func (queueStatsDown) QueueStats(context.Context) (map[string]store.QueueStat, error) {
+	return nil, errors.New("database went away")
+}
+
+func TestMetricsCountOneScrapeErrorAndShowNoQueueWhenTheQueueCannotBeRead(t *testing.T) {
+	st, err := server.OpenStore(context.Background(), server.StoreConfig{DataDir: t.TempDir(), Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	srv := relaytest.StartServer(t, withMetrics, func(c *server.Config) { c.Store = queueStatsDown{st} })
+	relaytest.CreateToken(t, srv, "mine", "yours")
+	m := relaytest.Scrape(t, metricsURL(srv))
+	if got := m.Value("relay_metrics_scrape_errors", nil); got != 1 {
+		t.Errorf("relay_metrics_scrape_errors = %v with the queue unreadable for two names, want 1 (one read failed)", got)
+	}
+	for _, name := range []string{"relay_queue_depth", "relay_queue_oldest_age_seconds"} {
+		if m.Has(name, map[string]string{"tunnel": "mine"}) {
+			t.Errorf("%s{tunnel=mine} is shown although the queue could not be read: a 0 would pass for an empty queue", name)
+		}
 	}
 }
 

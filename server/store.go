@@ -59,6 +59,9 @@ type Queue interface {
 	Attempted(ctx context.Context, q *store.Queued, failure bool, reason string) error
 	Ack(ctx context.Context, q *store.Queued, outcome string, status int) error
 	QueueLen(ctx context.Context, name string) (int, error)
+	// QueueStats is every name's queue in one query, for a metrics scrape
+	// over thousands of names; a name with nothing queued is absent.
+	QueueStats(ctx context.Context) (map[string]store.QueueStat, error)
 	// ClaimQueue makes holder name's only drainer, on any node, for ttl
 	// or until ReleaseQueue; claiming again renews it.
 	ClaimQueue(ctx context.Context, name, holder string, ttl time.Duration) (bool, error)

@@ -120,6 +120,14 @@ type QueueLimits struct {
 	MaxTotalBytes int64 // body bytes over every name, spooling included
 }
 
+// QueueStat is one name's queue as a metrics scrape sees it: deliveries
+// stored whole and not yet acked (what QueueLen counts; bodies still
+// arriving are not among them), and the earliest ReceivedAt among them.
+type QueueStat struct {
+	Count  int
+	Oldest time.Time
+}
+
 // Delivery log outcomes.
 const (
 	OutcomeQueued       = "queued"

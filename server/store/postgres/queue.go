@@ -259,6 +259,32 @@ func (s *Store) QueueLen(ctx context.Context, name string) (int, error) {
 	return n, err
 }
 
+// QueueStats is, for each name with deliveries queued, how many and the
+// earliest ReceivedAt among them: one GROUP BY over the queue, so a
+// metrics scrape costs one query however many names are reserved.
+func (s *Store) QueueStats(ctx context.Context) (map[string]store.QueueStat, error) {
+	rows, err := s.pool.Query(ctx, `SELECT name, count(*), min(received_at) FROM queue GROUP BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("queue stats: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]store.QueueStat{}
+	for rows.Next() {
+		var name string
+		var st store.QueueStat
+		var oldest int64
+		if err := rows.Scan(&name, &st.Count, &oldest); err != nil {
+			return nil, fmt.Errorf("queue stats: %w", err)
+		}
+		st.Oldest = time.Unix(0, oldest)
+		out[name] = st
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("queue stats: %w", err)
+	}
+	return out, nil
+}
+
 // ClaimQueue makes holder the only drainer of name's queue, on any node,
 // until ttl has passed or it releases the claim; claiming again renews it.
 // It reports false while another holder's claim is live. A lease row

@@ -46,6 +46,7 @@ func Run(t *testing.T, fresh Fresh) {
 		{"QueueHandsOverInStoredOrder", testQueueOrder},
 		{"QueueBodiesRoundTripInChunks", testQueueBodies},
 		{"QueuedDeliveryIsInvisibleUntilWhole", testInvisibleUntilWhole},
+		{"QueueStatsCountEveryNamesQueuedDeliveriesAtOnce", testQueueStats},
 		{"QueueLimits", testQueueLimits},
 		{"ConcurrentEnqueuesKeepTheCountLimit", testConcurrentEnqueue},
 		{"AttemptsFailuresAndOutcomesReachTheLog", testAttemptsAndLog},
@@ -470,6 +471,57 @@ func testInvisibleUntilWhole(t *testing.T, open Opener) {
 			t.Fatalf("a cut body still counts: %v", err)
 		}
 	})
+}
+
+// testQueueStats holds QueueStats to QueueLen: a name counts the
+// deliveries stored whole and not acked, and its oldest is the earliest
+// ReceivedAt among those (not the first stored). A name whose deliveries
+// were all acked, delivered or dead-lettered, is absent, as is a name
+// whose only delivery is still arriving: the scrape shows both as 0.
+func testQueueStats(t *testing.T, open Opener) {
+	ctx := ctxT(t)
+	s, other := open(t), open(t)
+	if got := must(other.QueueStats(ctx))(t); len(got) != 0 {
+		t.Fatalf("QueueStats of an empty queue = %v", got)
+	}
+	// "late" stores a delivery received before the one stored first (a
+	// slow upload commits after a quick one).
+	late := []*store.Queued{enqueue(t, s, "late", 5, "a"), enqueue(t, s, "late", 2, "b"), enqueue(t, s, "late", 7, "c")}
+	head := enqueue(t, s, "acked-head", 0, "a")
+	rest := []*store.Queued{enqueue(t, s, "acked-head", 1, "b"), enqueue(t, s, "acked-head", 3, "c")}
+	delivered, dead := enqueue(t, s, "drained", 0, "a"), enqueue(t, s, "drained", 1, "b")
+	for _, a := range []struct {
+		q       *store.Queued
+		outcome string
+		status  int
+	}{{head, store.OutcomeDelivered, 200}, {delivered, store.OutcomeDelivered, 200}, {dead, store.OutcomeDeadLettered, 504}} {
+		if err := s.Ack(ctx, a.q, a.outcome, a.status); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, release, done := spooling(t, s, "arriving")
+	defer func() {
+		release <- io.ErrUnexpectedEOF
+		<-done
+	}()
+
+	got := must(other.QueueStats(ctx))(t)
+	want := map[string]store.QueueStat{
+		"late":       {Count: 3, Oldest: late[1].ReceivedAt},
+		"acked-head": {Count: 2, Oldest: rest[0].ReceivedAt},
+	}
+	if len(got) != len(want) {
+		t.Errorf("QueueStats has %d names, want %d (drained and arriving absent): %v", len(got), len(want), got)
+	}
+	for name, w := range want {
+		g, ok := got[name]
+		if !ok || g.Count != w.Count || !g.Oldest.Equal(w.Oldest) {
+			t.Errorf("QueueStats[%q] = %+v (present %v), want %+v", name, g, ok, w)
+		}
+		if n := must(other.QueueLen(ctx, name))(t); n != g.Count {
+			t.Errorf("QueueStats[%q].Count = %d, QueueLen = %d", name, g.Count, n)
+		}
+	}
 }
 
 // unread fails the test if the body is read: limits must refuse first.
