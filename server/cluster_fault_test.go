@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -98,17 +96,9 @@ func TestNothingLostInAClusterUnderFaults(t *testing.T) {
 	relaytest.Stress(t)
 
 	pem, _ := os.ReadFile(caFile)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
 	clients := make([]*http.Client, nodes)
 	for i, addr := range addrs {
-		clients[i] = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: pool},
-			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, addr)
-			},
-		}}
+		clients[i] = faultClient(t, addr, pem)
 	}
 
 	var (

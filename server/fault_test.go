@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"database/sql"
 	"fmt"
 	"io"
@@ -119,15 +117,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 	agentProc.start()
 
 	pem, _ := os.ReadFile(filepath.Join(data, "dev-ca.pem"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool},
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, listen)
-		},
-	}}
+	hc := faultClient(t, listen, pem)
 	url := fmt.Sprintf("https://fault.localhost:%d/hook", port)
 
 	var answers outcomes
@@ -290,6 +280,16 @@ func dedupMarks(t *testing.T, path string) map[string]bool {
 		marks[k] = true
 	}
 	return marks
+}
+
+// faultClient is the provider of a fault test: HTTP/1.1 to addr with a
+// 10 s limit, so a request to a server killed under it fails fast and is
+// counted as failed, not left waiting on a shared HTTP/2 connection.
+func faultClient(t *testing.T, addr string, caPEM []byte) *http.Client {
+	hc := relaytest.HTTPSClient(t, addr, caPEM)
+	hc.Timeout = 10 * time.Second
+	hc.Transport.(*http.Transport).ForceAttemptHTTP2 = false
+	return hc
 }
 
 type proc struct {
