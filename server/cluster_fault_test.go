@@ -67,8 +67,7 @@ func TestNothingLostInAClusterUnderFaults(t *testing.T) {
 			os.MkdirAll(data, 0o700)
 			relaytest.CopyDevCA(t, filepath.Join(dir, relaytest.NodeName(0)), data)
 		}
-		p := &proc{t: t, name: relaytest.NodeName(i), args: []string{bin, "server", "--dev", "--listen", addr, "--data", data,
-			"--database", database, "--node-name", relaytest.NodeName(i), "--advertise", addr, "--node-lease", relaytest.ClusterLease.String()}}
+		p := nodeProc(t, bin, database, relaytest.NodeName(i), addr, data)
 		defer p.kill()
 		p.start()
 		relaytest.WaitListening(t, addr)

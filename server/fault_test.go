@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -290,56 +289,6 @@ func faultClient(t *testing.T, addr string, caPEM []byte) *http.Client {
 	hc.Timeout = 10 * time.Second
 	hc.Transport.(*http.Transport).ForceAttemptHTTP2 = false
 	return hc
-}
-
-type proc struct {
-	t    *testing.T
-	name string
-	args []string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func (p *proc) start() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cmd := exec.Command(p.args[0], p.args[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if os.Getenv("RELAY_FAULT_VERBOSE") != "" {
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	}
-	if err := cmd.Start(); err != nil {
-		p.t.Fatalf("start %s: %v", p.name, err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	p.cmd, p.done = cmd, done
-}
-
-func (p *proc) kill() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return
-	}
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-	p.cmd = nil
-}
-
-func (p *proc) exited() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return true
-	}
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
 }
 
 type restartableApp struct {
