@@ -8,9 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -74,11 +72,7 @@ func TestNothingLostInAClusterUnderFaults(t *testing.T) {
 		procs = append(procs, p)
 		addrs = append(addrs, addr)
 	}
-	out, err := exec.Command(bin, "token", "create", "--name", "cfault", "--database", database).CombinedOutput()
-	if err != nil {
-		t.Fatalf("token create: %v %s", err, out)
-	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	token := relaytest.CLIToken(t, bin, "--name", "cfault", "--database", database)
 	caFile := filepath.Join(dir, relaytest.NodeName(0), "dev-ca.pem")
 	rng := rand.New(rand.NewPCG(2, uint64(time.Now().UnixNano())))
 	agentProc := &proc{t: t, name: "agent"}

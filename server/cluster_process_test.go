@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,11 +48,7 @@ func TestAKilledNodeCostsTheAgentOneSessionAndNothingElse(t *testing.T) {
 		})
 	}
 	// No --data: the database is all a token command needs.
-	out, err := exec.Command(bin, "token", "create", "--name", "survivor", "--database", database).CombinedOutput()
-	if err != nil {
-		t.Fatalf("token create --database: %v %s", err, out)
-	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	token := relaytest.CLIToken(t, bin, "--name", "survivor", "--database", database)
 	caFile := filepath.Join(nodes[0].dir, "dev-ca.pem")
 	caPEM, err := os.ReadFile(caFile)
 	if err != nil {

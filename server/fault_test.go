@@ -9,9 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,11 +60,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 	port := relaytest.FreePort(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 
-	out, err := exec.Command(bin, "token", "create", "--init", "--name", "fault", "--data", data).CombinedOutput()
-	if err != nil {
-		t.Fatalf("token create: %v %s", err, out)
-	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	token := relaytest.CLIToken(t, bin, "--init", "--name", "fault", "--data", data)
 
 	relaytest.Stress(t)
 

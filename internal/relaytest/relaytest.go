@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -355,6 +356,23 @@ func WaitListening(t testing.TB, addr string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// tokenPattern is a token secret as relay prints it.
+var tokenPattern = regexp.MustCompile(`relay_[a-z2-7]+`)
+
+// FindToken is the first token secret in out, or "" when there is none.
+func FindToken(out string) string { return tokenPattern.FindString(out) }
+
+// CLIToken runs `bin token create args...` and returns the token secret
+// it prints.
+func CLIToken(t testing.TB, bin string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(bin, append([]string{"token", "create"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("token create %s: %v %s", strings.Join(args, " "), err, out)
+	}
+	return FindToken(string(out))
 }
 
 // StartServerAt runs a dev-mode server on dir and addr, as a restart of
