@@ -39,33 +39,50 @@ var Transports = []string{"quic", "tcp"}
 // the test ends. mods change the configuration before it starts.
 func StartServer(t testing.TB, mods ...func(*server.Config)) *server.Server {
 	t.Helper()
-	// Liveness timings are the release defaults: a test under -race on a
-	// loaded machine can starve a goroutine for seconds, and only a test
-	// about noticing a dead peer should shorten them.
-	// The TLS handshake and headers get a minute, not the release 10 s:
-	// a burst of 200 handshakes under -race with every CPU busy can take
-	// longer, and only the slowloris test is about that limit.
-	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), ReadHeaderTimeout: time.Minute}
+	cfg := devConfig("127.0.0.1:0", t.TempDir())
 	for _, m := range mods {
 		m(&cfg)
 	}
 	return StartServerWith(t, cfg)
 }
 
+// devConfig is a dev-mode server at listen with its data in dir, as every
+// test server (a cluster's nodes too) starts from.
+func devConfig(listen, dir string) server.Config {
+	// Liveness timings are the release defaults: a test under -race on a
+	// loaded machine can starve a goroutine for seconds, and only a test
+	// about noticing a dead peer should shorten them.
+	// The TLS handshake and headers get a minute, not the release 10 s:
+	// a burst of 200 handshakes under -race with every CPU busy can take
+	// longer, and only the slowloris test is about that limit.
+	return server.Config{Dev: true, Listen: listen, DataDir: dir, ReadHeaderTimeout: time.Minute}
+}
+
 // StartServerWith runs a relay server with exactly cfg.
 func StartServerWith(t testing.TB, cfg server.Config) *server.Server {
 	t.Helper()
+	srv := startServer(t, "server", cfg)
+	t.Cleanup(func() { shutdown(srv) })
+	return srv
+}
+
+// startServer runs a relay server with exactly cfg, failing the test
+// when it cannot start; stopping it is the caller's.
+func startServer(t testing.TB, what string, cfg server.Config) *server.Server {
+	t.Helper()
 	srv, err := server.New(context.Background(), cfg)
 	if err != nil {
-		t.Fatalf("start server: %v", err)
+		t.Fatalf("start %s: %v", what, err)
 	}
 	srv.Start()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
 	return srv
+}
+
+// shutdown stops srv, giving it 10 s to drain.
+func shutdown(srv *server.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
 }
 
 // CreateToken makes a token for names on srv and returns its secret.
