@@ -237,12 +237,26 @@ func TunnelURL(srv *server.Server, name, path string) string {
 // channel to wait on) until it holds, failing the test after 15 s.
 func WaitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	waitFor(t, 15*time.Second, 10*time.Millisecond, what, cond)
+}
+
+// WaitForWithin is WaitFor with a deadline of within, for a state that
+// takes longer to come (containers, processes on a busy machine). It polls
+// within/600 apart, never closer than 10 ms, so a condition that is costly
+// to check (one that runs a command) runs no more often than it is useful.
+func WaitForWithin(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	waitFor(t, within, max(within/600, 10*time.Millisecond), what, cond)
+}
+
+func waitFor(t testing.TB, within, every time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 
