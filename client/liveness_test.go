@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,11 +195,7 @@ func TestAgentReconnectsAfterTheServerIsKilled(t *testing.T) {
 			dir := t.TempDir()
 			data := filepath.Join(dir, "server")
 			listen := fmt.Sprintf("127.0.0.1:%d", relaytest.FreePort(t))
-			out, err := exec.Command(bin, "token", "create", "--init", "--name", "phoenix", "--data", data).CombinedOutput()
-			if err != nil {
-				t.Fatalf("token create: %v %s", err, out)
-			}
-			token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+			token := relaytest.CLIToken(t, bin, "--init", "--name", "phoenix", "--data", data)
 			start := func() *exec.Cmd {
 				cmd := exec.Command(bin, "server", "--dev", "--listen", listen, "--data", data)
 				cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -2,17 +2,13 @@ package server_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,19 +65,14 @@ func TestNothingLostInAClusterUnderFaults(t *testing.T) {
 			os.MkdirAll(data, 0o700)
 			relaytest.CopyDevCA(t, filepath.Join(dir, relaytest.NodeName(0)), data)
 		}
-		p := &proc{t: t, name: relaytest.NodeName(i), args: []string{bin, "server", "--dev", "--listen", addr, "--data", data,
-			"--database", database, "--node-name", relaytest.NodeName(i), "--advertise", addr, "--node-lease", relaytest.ClusterLease.String()}}
+		p := nodeProc(t, bin, database, relaytest.NodeName(i), addr, data)
 		defer p.kill()
 		p.start()
 		relaytest.WaitListening(t, addr)
 		procs = append(procs, p)
 		addrs = append(addrs, addr)
 	}
-	out, err := exec.Command(bin, "token", "create", "--name", "cfault", "--database", database).CombinedOutput()
-	if err != nil {
-		t.Fatalf("token create: %v %s", err, out)
-	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	token := relaytest.CLIToken(t, bin, "--name", "cfault", "--database", database)
 	caFile := filepath.Join(dir, relaytest.NodeName(0), "dev-ca.pem")
 	rng := rand.New(rand.NewPCG(2, uint64(time.Now().UnixNano())))
 	agentProc := &proc{t: t, name: "agent"}
@@ -98,17 +89,9 @@ func TestNothingLostInAClusterUnderFaults(t *testing.T) {
 	relaytest.Stress(t)
 
 	pem, _ := os.ReadFile(caFile)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
 	clients := make([]*http.Client, nodes)
 	for i, addr := range addrs {
-		clients[i] = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: pool},
-			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, addr)
-			},
-		}}
+		clients[i] = faultClient(t, addr, pem)
 	}
 
 	var (

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,33 +16,11 @@ import (
 	"github.com/relaytunnel/relay/internal/relaytest"
 )
 
-// processNode is a relay server node run as a process, so it can be
-// killed the way a machine dies: SIGKILL, no GoAway, no lease given up.
-type processNode struct {
-	name, addr, dir string
-	cmd             *exec.Cmd
-	out             *relaytest.Buffer
-}
-
-func startProcessNode(t *testing.T, bin, database string, n *processNode) {
-	t.Helper()
-	n.out = &relaytest.Buffer{}
-	n.cmd = exec.Command(bin, "server", "--dev", "--database", database, "--node-name", n.name, "--advertise", n.addr,
-		"--listen", n.addr, "--data", n.dir, "--node-lease", relaytest.ClusterLease.String())
-	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.kill() })
-	relaytest.WaitListening(t, n.addr)
-}
-
-func (n *processNode) kill() {
-	if n.cmd.ProcessState == nil {
-		syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
-		n.cmd.Wait()
-	}
+// clusterNode is a node of TestAKilledNodeCostsTheAgentOneSessionAndNothingElse,
+// run as a process so it can be killed the way a machine dies.
+type clusterNode struct {
+	*proc
+	addr, dir string
 }
 
 func TestAKilledNodeCostsTheAgentOneSessionAndNothingElse(t *testing.T) {
@@ -52,13 +29,17 @@ func TestAKilledNodeCostsTheAgentOneSessionAndNothingElse(t *testing.T) {
 	}
 	bin := relaytest.BuildRelay(t)
 	database := pgtest.URL(t)
-	var nodes []*processNode
+	var nodes []clusterNode
 	for i := range 3 {
-		n := &processNode{name: relaytest.NodeName(i), addr: fmt.Sprintf("127.0.0.1:%d", relaytest.FreePort(t)), dir: t.TempDir()}
+		addr, dir := fmt.Sprintf("127.0.0.1:%d", relaytest.FreePort(t)), t.TempDir()
+		n := clusterNode{nodeProc(t, bin, database, relaytest.NodeName(i), addr, dir), addr, dir}
 		if i > 0 {
 			relaytest.CopyDevCA(t, nodes[0].dir, n.dir) // one CA for the cluster
 		}
-		startProcessNode(t, bin, database, n)
+		n.out = &relaytest.Buffer{}
+		n.start()
+		t.Cleanup(n.kill)
+		relaytest.WaitListening(t, n.addr)
 		nodes = append(nodes, n)
 		t.Cleanup(func() {
 			if t.Failed() {
@@ -67,11 +48,7 @@ func TestAKilledNodeCostsTheAgentOneSessionAndNothingElse(t *testing.T) {
 		})
 	}
 	// No --data: the database is all a token command needs.
-	out, err := exec.Command(bin, "token", "create", "--name", "survivor", "--database", database).CombinedOutput()
-	if err != nil {
-		t.Fatalf("token create --database: %v %s", err, out)
-	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	token := relaytest.CLIToken(t, bin, "--name", "survivor", "--database", database)
 	caFile := filepath.Join(nodes[0].dir, "dev-ca.pem")
 	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
@@ -88,7 +65,7 @@ func TestAKilledNodeCostsTheAgentOneSessionAndNothingElse(t *testing.T) {
 	})
 	relaytest.WaitFor(t, "the agent to have a session on every node", func() bool { return len(a.Nodes()) == 3 })
 
-	deliver := func(n *processNode) int {
+	deliver := func(n clusterNode) int {
 		t.Helper()
 		_, port, _ := strings.Cut(n.addr, ":")
 		resp, _ := relaytest.Post(t, relaytest.HTTPSClient(t, n.addr, caPEM), "https://survivor.localhost:"+port+"/", `{}`)

@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"database/sql"
 	"fmt"
 	"io"
@@ -11,13 +9,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -65,11 +60,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 	port := relaytest.FreePort(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 
-	out, err := exec.Command(bin, "token", "create", "--init", "--name", "fault", "--data", data).CombinedOutput()
-	if err != nil {
-		t.Fatalf("token create: %v %s", err, out)
-	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	token := relaytest.CLIToken(t, bin, "--init", "--name", "fault", "--data", data)
 
 	relaytest.Stress(t)
 
@@ -119,15 +110,7 @@ func faultRun(t *testing.T, bin string, dedup bool) {
 	agentProc.start()
 
 	pem, _ := os.ReadFile(filepath.Join(data, "dev-ca.pem"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool},
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, listen)
-		},
-	}}
+	hc := faultClient(t, listen, pem)
 	url := fmt.Sprintf("https://fault.localhost:%d/hook", port)
 
 	var answers outcomes
@@ -292,54 +275,14 @@ func dedupMarks(t *testing.T, path string) map[string]bool {
 	return marks
 }
 
-type proc struct {
-	t    *testing.T
-	name string
-	args []string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func (p *proc) start() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cmd := exec.Command(p.args[0], p.args[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if os.Getenv("RELAY_FAULT_VERBOSE") != "" {
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	}
-	if err := cmd.Start(); err != nil {
-		p.t.Fatalf("start %s: %v", p.name, err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	p.cmd, p.done = cmd, done
-}
-
-func (p *proc) kill() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return
-	}
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-	p.cmd = nil
-}
-
-func (p *proc) exited() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return true
-	}
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+// faultClient is the provider of a fault test: HTTP/1.1 to addr with a
+// 10 s limit, so a request to a server killed under it fails fast and is
+// counted as failed, not left waiting on a shared HTTP/2 connection.
+func faultClient(t *testing.T, addr string, caPEM []byte) *http.Client {
+	hc := relaytest.HTTPSClient(t, addr, caPEM)
+	hc.Timeout = 10 * time.Second
+	hc.Transport.(*http.Transport).ForceAttemptHTTP2 = false
+	return hc
 }
 
 type restartableApp struct {

@@ -15,7 +15,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"regexp"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -692,11 +691,7 @@ func TestAFloodOfStalledUploadsLeavesTheAgentsMemoryAlone(t *testing.T) {
 	bin := relaytest.BuildRelay(t)
 	dir := t.TempDir()
 	data := dir + "/server"
-	out, err := exec.Command(bin, "token", "create", "--init", "--name", "flood", "--data", data).CombinedOutput()
-	if err != nil {
-		t.Fatalf("token create: %v %s", err, out)
-	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(string(out))
+	token := relaytest.CLIToken(t, bin, "--init", "--name", "flood", "--data", data)
 	port := relaytest.FreePort(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 	start := func(args ...string) *exec.Cmd {

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaytunnel/relay/internal/relaytest"
 	"github.com/relaytunnel/relay/protocol"
 	"github.com/relaytunnel/relay/server"
 	"github.com/relaytunnel/relay/server/certs"
@@ -52,7 +53,7 @@ func TestTokenCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("create: %d %s", code, errs)
 	}
-	secret := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
+	secret := relaytest.FindToken(out)
 	id := regexp.MustCompile(`tok_[a-z2-7]+`).FindString(out)
 	if secret == "" || id == "" {
 		t.Fatalf("create printed %q", out)

@@ -111,10 +111,10 @@ func TestTheClusterComposeFileRuns(t *testing.T) {
 		return string(out)
 	}
 	for _, n := range nodes {
-		waitLong(t, n+" listening", func() bool { return strings.Contains(logs(n), "relay server listening") })
+		relaytest.WaitForWithin(t, waitLong, n+" listening", func() bool { return strings.Contains(logs(n), "relay server listening") })
 	}
 	created := compose("exec", "-T", "n1", "/relay", "token", "create", "--name", "demo")
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(created)
+	token := relaytest.FindToken(created)
 	if token == "" {
 		t.Fatalf("relay token create in n1 printed no token:\n%s", created)
 	}
@@ -154,7 +154,7 @@ func TestTheClusterComposeFileRuns(t *testing.T) {
 		return cmd, console
 	}
 	agent, console := connect()
-	waitLong(t, "the agent connected to the three nodes", func() bool {
+	relaytest.WaitForWithin(t, waitLong, "the agent connected to the three nodes", func() bool {
 		return strings.Contains(console.String(), "to 3 relay nodes (n1, n2, n3)") || strings.Contains(console.String(), "(3 of 3 relay nodes")
 	})
 	t.Logf("agent: %s", firstLine(console.String()))
@@ -189,7 +189,7 @@ func TestTheClusterComposeFileRuns(t *testing.T) {
 		t.Errorf("the agent stopped with SIGTERM: %v\n%s", err, console.String())
 	}
 	for _, n := range nodes {
-		waitLong(t, n+" seeing the agent go", func() bool { return strings.Count(logs(n), "agent disconnected") > gone[n] })
+		relaytest.WaitForWithin(t, waitLong, n+" seeing the agent go", func() bool { return strings.Count(logs(n), "agent disconnected") > gone[n] })
 	}
 	for i, n := range nodes {
 		if code, body := post(8441+i, "/queued/"+n); code != http.StatusAccepted {
@@ -198,7 +198,7 @@ func TestTheClusterComposeFileRuns(t *testing.T) {
 	}
 	_, console = connect()
 	for _, n := range nodes {
-		waitLong(t, "the delivery queued through "+n, func() bool { return appSaw("/queued/" + n) })
+		relaytest.WaitForWithin(t, waitLong, "the delivery queued through "+n, func() bool { return appSaw("/queued/" + n) })
 	}
 	mu.Lock()
 	t.Logf("the app saw %v", seen)
@@ -315,19 +315,10 @@ fi
 exec su postgres -s /bin/sh -c "exec postgres -D '$PGDATA' -c listen_addresses='*'"
 `
 
-// waitLong is relaytest.WaitFor for containers on a busy machine: two
-// minutes' deadline (nodes wait for PostgreSQL through restarts), and
-// polls spaced for conditions that run podman.
-func waitLong(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
+// waitLong is how long the compose test waits: two minutes (nodes wait
+// for PostgreSQL through restarts), which WaitForWithin polls 200 ms
+// apart, as suits conditions that run podman.
+const waitLong = 2 * time.Minute
 
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")

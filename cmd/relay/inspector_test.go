@@ -26,7 +26,7 @@ func TestTheInspectorKnowsItsAgent(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("token create: %s", errs)
 	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
+	token := relaytest.FindToken(out)
 	app := relaytest.EchoApp(t)
 
 	data := t.TempDir()

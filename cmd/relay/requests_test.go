@@ -44,7 +44,7 @@ func TestRequestsAndReplayWorkWithTheAgentRunningAndStopped(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("token create: %s", errs)
 	}
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
+	token := relaytest.FindToken(out)
 	var calls atomic.Int64
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls.Add(1)

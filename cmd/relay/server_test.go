@@ -109,7 +109,7 @@ func TestRestartWithSocketsFromSystemdRefusesNoProvider(t *testing.T) {
 	first, _ := start("relay #1")
 
 	code, out, errs := runCLI(t, "token", "create", "--name", "hook", "--data", data)
-	token := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
+	token := relaytest.FindToken(out)
 	if code != 0 || token == "" {
 		t.Fatalf("token create: %d %q %q", code, out, errs)
 	}

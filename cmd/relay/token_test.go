@@ -58,7 +58,7 @@ func TestTokenCommandsNeverCreateADatabaseByAccident(t *testing.T) {
 		if !strings.Contains(errs, fresh+" did not exist: created a new relay database there") {
 			t.Fatalf("stderr does not say where the database was made: %q", errs)
 		}
-		secret := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
+		secret := relaytest.FindToken(out)
 		srv := devServer(t, fresh)
 		if _, err := srv.Store().Authenticate(context.Background(), secret); err != nil {
 			t.Fatalf("the server does not know the token: %v", err)
@@ -70,7 +70,7 @@ func TestTokenCommandsNeverCreateADatabaseByAccident(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("create --init: %s", errs)
 		}
-		secret := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
+		secret := relaytest.FindToken(out)
 		srv := devServer(t, dir)
 		if _, err := srv.Store().Authenticate(context.Background(), secret); err != nil {
 			t.Fatalf("the server does not know the token: %v", err)

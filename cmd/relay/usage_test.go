@@ -3,12 +3,13 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/relaytunnel/relay/internal/relaytest"
 )
 
 // TestUsageErrorsSayWhatIsWrongAndHowToCallTheCommand covers cobra's
@@ -139,7 +140,7 @@ func TestTokenCreatePrintsTheConnectLineToRunNext(t *testing.T) {
 	dir := t.TempDir()
 	devServer(t, dir) // a server's database, as token commands expect
 	code, out, errs := runCLI(t, "token", "create", "--name", "stripe-dev", "--data", dir)
-	secret := regexp.MustCompile(`relay_[a-z2-7]+`).FindString(out)
+	secret := relaytest.FindToken(out)
 	if code != 0 || secret == "" {
 		t.Fatalf("exit %d: %q %q", code, out, errs)
 	}

@@ -1,7 +1,6 @@
 package relaytest
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -90,17 +89,13 @@ func (c *Cluster) Addr(i int) string { return c.addrs[i] }
 // Start starts node i, again at its address and in its directory.
 func (c *Cluster) Start(i int) *server.Server {
 	c.t.Helper()
-	cfg := server.Config{Dev: true, Listen: c.addrs[i], DataDir: c.dirs[i], Database: c.Database,
-		NodeName: NodeName(i), Advertise: c.addrs[i], NodeLease: ClusterLease,
-		Logger: slog.New(slog.NewTextHandler(c.Logs[i], &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	cfg := devConfig(c.addrs[i], c.dirs[i])
+	cfg.Database, cfg.NodeName, cfg.Advertise, cfg.NodeLease = c.Database, NodeName(i), c.addrs[i], ClusterLease
+	cfg.Logger = slog.New(slog.NewTextHandler(c.Logs[i], &slog.HandlerOptions{Level: slog.LevelDebug}))
 	for _, m := range c.mods {
 		m(&cfg)
 	}
-	srv, err := server.New(context.Background(), cfg)
-	if err != nil {
-		c.t.Fatalf("start node %s: %v", NodeName(i), err)
-	}
-	srv.Start()
+	srv := startServer(c.t, "node "+NodeName(i), cfg)
 	c.mu.Lock()
 	c.nodes[i] = srv
 	c.mu.Unlock()
@@ -118,7 +113,5 @@ func (c *Cluster) Stop(i int) {
 	if srv == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	srv.Shutdown(ctx)
+	shutdown(srv)
 }

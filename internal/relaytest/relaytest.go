@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -38,33 +39,50 @@ var Transports = []string{"quic", "tcp"}
 // the test ends. mods change the configuration before it starts.
 func StartServer(t testing.TB, mods ...func(*server.Config)) *server.Server {
 	t.Helper()
-	// Liveness timings are the release defaults: a test under -race on a
-	// loaded machine can starve a goroutine for seconds, and only a test
-	// about noticing a dead peer should shorten them.
-	// The TLS handshake and headers get a minute, not the release 10 s:
-	// a burst of 200 handshakes under -race with every CPU busy can take
-	// longer, and only the slowloris test is about that limit.
-	cfg := server.Config{Dev: true, Listen: "127.0.0.1:0", DataDir: t.TempDir(), ReadHeaderTimeout: time.Minute}
+	cfg := devConfig("127.0.0.1:0", t.TempDir())
 	for _, m := range mods {
 		m(&cfg)
 	}
 	return StartServerWith(t, cfg)
 }
 
+// devConfig is a dev-mode server at listen with its data in dir, as every
+// test server (a cluster's nodes too) starts from.
+func devConfig(listen, dir string) server.Config {
+	// Liveness timings are the release defaults: a test under -race on a
+	// loaded machine can starve a goroutine for seconds, and only a test
+	// about noticing a dead peer should shorten them.
+	// The TLS handshake and headers get a minute, not the release 10 s:
+	// a burst of 200 handshakes under -race with every CPU busy can take
+	// longer, and only the slowloris test is about that limit.
+	return server.Config{Dev: true, Listen: listen, DataDir: dir, ReadHeaderTimeout: time.Minute}
+}
+
 // StartServerWith runs a relay server with exactly cfg.
 func StartServerWith(t testing.TB, cfg server.Config) *server.Server {
 	t.Helper()
+	srv := startServer(t, "server", cfg)
+	t.Cleanup(func() { shutdown(srv) })
+	return srv
+}
+
+// startServer runs a relay server with exactly cfg, failing the test
+// when it cannot start; stopping it is the caller's.
+func startServer(t testing.TB, what string, cfg server.Config) *server.Server {
+	t.Helper()
 	srv, err := server.New(context.Background(), cfg)
 	if err != nil {
-		t.Fatalf("start server: %v", err)
+		t.Fatalf("start %s: %v", what, err)
 	}
 	srv.Start()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
 	return srv
+}
+
+// shutdown stops srv, giving it 10 s to drain.
+func shutdown(srv *server.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
 }
 
 // CreateToken makes a token for names on srv and returns its secret.
@@ -219,12 +237,26 @@ func TunnelURL(srv *server.Server, name, path string) string {
 // channel to wait on) until it holds, failing the test after 15 s.
 func WaitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	waitFor(t, 15*time.Second, 10*time.Millisecond, what, cond)
+}
+
+// WaitForWithin is WaitFor with a deadline of within, for a state that
+// takes longer to come (containers, processes on a busy machine). It polls
+// within/600 apart, never closer than 10 ms, so a condition that is costly
+// to check (one that runs a command) runs no more often than it is useful.
+func WaitForWithin(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	waitFor(t, within, max(within/600, 10*time.Millisecond), what, cond)
+}
+
+func waitFor(t testing.TB, within, every time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 
@@ -355,6 +387,23 @@ func WaitListening(t testing.TB, addr string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// tokenPattern is a token secret as relay prints it.
+var tokenPattern = regexp.MustCompile(`relay_[a-z2-7]+`)
+
+// FindToken is the first token secret in out, or "" when there is none.
+func FindToken(out string) string { return tokenPattern.FindString(out) }
+
+// CLIToken runs `bin token create args...` and returns the token secret
+// it prints.
+func CLIToken(t testing.TB, bin string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(bin, append([]string{"token", "create"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("token create %s: %v %s", strings.Join(args, " "), err, out)
+	}
+	return FindToken(string(out))
 }
 
 // StartServerAt runs a dev-mode server on dir and addr, as a restart of

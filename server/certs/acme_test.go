@@ -18,18 +18,15 @@ import (
 
 const acmeDomain = "relay.test"
 
-// newACME builds an ACME source against pebble with the cache in dir,
-// logging into logs when that is not nil.
-func newACME(t *testing.T, dir string, pebble *pebbletest.Pebble, logs *lockedBuffer) *certs.ACME {
+// newACME builds an ACME source against pebble from where (its cache:
+// Dir or Cache, and Email), logging into logs when that is not nil.
+func newACME(t *testing.T, where certs.ACMEConfig, pebble *pebbletest.Pebble, logs *lockedBuffer) *certs.ACME {
 	t.Helper()
-	cfg := certs.ACMEConfig{
-		Dir:          dir,
-		Email:        "ops@relay.test",
-		DirectoryURL: pebble.DirectoryURL,
-		HTTPClient:   pebble.HTTPClient(),
-		Policy:       certs.HostPolicy{Domain: acmeDomain, Reserved: reservedSet("abc", "web")},
-		IssueTimeout: 20 * time.Second,
-	}
+	cfg := where
+	cfg.DirectoryURL = pebble.DirectoryURL
+	cfg.HTTPClient = pebble.HTTPClient()
+	cfg.Policy = certs.HostPolicy{Domain: acmeDomain, Reserved: reservedSet("abc", "web")}
+	cfg.IssueTimeout = 20 * time.Second
 	if logs != nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -39,6 +36,9 @@ func newACME(t *testing.T, dir string, pebble *pebbletest.Pebble, logs *lockedBu
 	}
 	return a
 }
+
+// inDir is an ACME source's cache in dir, as a single server keeps it.
+func inDir(dir string) certs.ACMEConfig { return certs.ACMEConfig{Dir: dir, Email: "ops@relay.test"} }
 
 // countChallengeHellos wraps the config's GetCertificate to count the
 // CA's TLS-ALPN-01 validation handshakes.
@@ -57,7 +57,7 @@ func countChallengeHellos(cfg *tls.Config) *atomic.Int64 {
 func TestACMEObtainsCertificatesWithTLSALPN01(t *testing.T) {
 	ln := reservePort(t)
 	pebble := pebbletest.Start(t, ln.Addr().(*net.TCPAddr).Port, 0)
-	a := newACME(t, t.TempDir(), pebble, nil)
+	a := newACME(t, inDir(t.TempDir()), pebble, nil)
 	cfg := certs.TLSConfig(a, []string{"relay/1", "h2", "http/1.1"})
 	challenges := countChallengeHellos(cfg)
 	addr := serveTLSOn(t, ln, cfg)
@@ -106,7 +106,7 @@ func TestACMEServesCachedCertificatesAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	ln := reservePort(t)
 	pebble := pebbletest.Start(t, ln.Addr().(*net.TCPAddr).Port, 0)
-	first := newACME(t, dir, pebble, nil)
+	first := newACME(t, inDir(dir), pebble, nil)
 	addr := serveTLSOn(t, ln, certs.TLSConfig(first, []string{"h2", "http/1.1"}))
 	name := "abc." + acmeDomain
 	issued, err := handshake(t, addr, name, pebble.Roots())
@@ -115,7 +115,7 @@ func TestACMEServesCachedCertificatesAfterRestart(t *testing.T) {
 	}
 	orders := pebble.Orders()
 
-	second := newACME(t, dir, pebble, nil)
+	second := newACME(t, inDir(dir), pebble, nil)
 	addr2, _ := serveTLS(t, certs.TLSConfig(second, []string{"h2", "http/1.1"}))
 	served, err := handshake(t, addr2, name, pebble.Roots())
 	if err != nil {
@@ -132,7 +132,7 @@ func TestACMEServesCachedCertificatesAfterRestart(t *testing.T) {
 func TestACMEObtainsCertificatesWithHTTP01(t *testing.T) {
 	tlsLn, webLn := reservePort(t), reservePort(t)
 	pebble := pebbletest.Start(t, tlsLn.Addr().(*net.TCPAddr).Port, webLn.Addr().(*net.TCPAddr).Port)
-	a := newACME(t, t.TempDir(), pebble, nil)
+	a := newACME(t, inDir(t.TempDir()), pebble, nil)
 	challenges := a.HTTPHandler(nil) // before any handshake: it enables HTTP-01
 	var served atomic.Int64
 	web := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -209,7 +209,7 @@ func TestACMEFailureEndsHandshakeAndIsLogged(t *testing.T) {
 	}()
 	pebble := pebbletest.Start(t, wrong.Addr().(*net.TCPAddr).Port, 0)
 	logs := &lockedBuffer{}
-	a := newACME(t, t.TempDir(), pebble, logs)
+	a := newACME(t, inDir(t.TempDir()), pebble, logs)
 	addr, _ := serveTLS(t, certs.TLSConfig(a, []string{"h2", "http/1.1"}))
 
 	name := "abc." + acmeDomain

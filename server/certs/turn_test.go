@@ -3,13 +3,11 @@ package certs_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"golang.org/x/crypto/acme/autocert"
 
@@ -33,22 +31,6 @@ func (c *turnCache) LockIssue(ctx context.Context, name string) (func(), error) 
 	return func() {}, nil
 }
 
-func newSharedACME(t *testing.T, cache *turnCache, pebble *pebbletest.Pebble, logs *lockedBuffer) *certs.ACME {
-	t.Helper()
-	a, err := certs.NewACME(certs.ACMEConfig{
-		Cache:        cache,
-		DirectoryURL: pebble.DirectoryURL,
-		HTTPClient:   pebble.HTTPClient(),
-		Policy:       certs.HostPolicy{Domain: acmeDomain, Reserved: reservedSet("abc", "web")},
-		IssueTimeout: 20 * time.Second,
-		Logger:       slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
 // TestACMEWithASharedCacheTakesTheClustersTurnOnlyForANamesFirstCertificate:
 // a burst of first handshakes for a name takes the cluster's turn once
 // (not a database connection per hello), a name already certified or not
@@ -59,7 +41,7 @@ func TestACMEWithASharedCacheTakesTheClustersTurnOnlyForANamesFirstCertificate(t
 	pebble := pebbletest.Start(t, ln.Addr().(*net.TCPAddr).Port, 0)
 	cache := &turnCache{DirCache: autocert.DirCache(t.TempDir())}
 	logs := &lockedBuffer{}
-	a := newSharedACME(t, cache, pebble, logs)
+	a := newACME(t, certs.ACMEConfig{Cache: cache}, pebble, logs)
 	addr := serveTLSOn(t, ln, certs.TLSConfig(a, []string{"http/1.1"}))
 	name := "abc." + acmeDomain
 
@@ -93,7 +75,7 @@ func TestACMEWithASharedCacheTakesTheClustersTurnOnlyForANamesFirstCertificate(t
 
 	// Another node on the same cache: the certificate is there.
 	orders := pebble.Orders()
-	other := newSharedACME(t, cache, pebble, logs)
+	other := newACME(t, certs.ACMEConfig{Cache: cache}, pebble, logs)
 	otherAddr, _ := serveTLS(t, certs.TLSConfig(other, []string{"http/1.1"}))
 	if _, err := handshake(t, otherAddr, name, pebble.Roots()); err != nil {
 		t.Fatal(err)
@@ -110,7 +92,7 @@ func TestACMEOrdersWithoutTheClustersTurnWhenTheLockFails(t *testing.T) {
 	pebble := pebbletest.Start(t, ln.Addr().(*net.TCPAddr).Port, 0)
 	cache := &turnCache{DirCache: autocert.DirCache(t.TempDir()), refused: errors.New("database unreachable")}
 	logs := &lockedBuffer{}
-	addr := serveTLSOn(t, ln, certs.TLSConfig(newSharedACME(t, cache, pebble, logs), []string{"http/1.1"}))
+	addr := serveTLSOn(t, ln, certs.TLSConfig(newACME(t, certs.ACMEConfig{Cache: cache}, pebble, logs), []string{"http/1.1"}))
 	name := "web." + acmeDomain
 	if _, err := handshake(t, addr, name, pebble.Roots()); err != nil {
 		t.Fatalf("handshake for %s with the lock failing: %v", name, err)
