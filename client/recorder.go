@@ -33,9 +33,12 @@ type recorder struct {
 }
 
 // recorderBatch bounds one transaction; recorderLinger is how long the
-// first recording of a batch waits for company. At one delivery at a
-// time a transaction per delivery costs more than the delivery itself; a
-// few milliseconds later on disk (and in the inspector) costs nobody.
+// first recording of a batch waits for company while deliveries come
+// close together. At thousands a second a transaction per delivery costs
+// more than the delivery itself, and a few milliseconds later on disk
+// costs nobody. A recording that comes after a quiet spell is written at
+// once: batching would gain nothing, and `relay requests` typed the
+// moment `relay trigger` returns must list it.
 const (
 	recorderBatch  = 256
 	recorderLinger = 10 * time.Millisecond
@@ -95,6 +98,7 @@ func (r *recorder) run(ch <-chan recItem, done chan<- struct{}) {
 	batch := make([]recItem, 0, recorderBatch)
 	linger := time.NewTimer(recorderLinger)
 	linger.Stop()
+	var wrote time.Time // when the last batch was written
 	open := true
 	for open {
 		it, ok := <-ch
@@ -102,22 +106,37 @@ func (r *recorder) run(ch <-chan recItem, done chan<- struct{}) {
 			return
 		}
 		batch = append(batch[:0], it)
-		linger.Reset(recorderLinger)
+		var wait <-chan time.Time // nil: take only what is already here
+		if time.Since(wrote) < recorderLinger {
+			linger.Reset(recorderLinger)
+			wait = linger.C
+		}
 	more:
 		for len(batch) < recorderBatch {
-			select {
-			case it, ok := <-ch:
-				if !ok {
-					open = false
+			var it recItem
+			var ok bool
+			if wait == nil {
+				select {
+				case it, ok = <-ch:
+				default:
 					break more
 				}
-				batch = append(batch, it)
-			case <-linger.C:
+			} else {
+				select {
+				case it, ok = <-ch:
+				case <-wait:
+					break more
+				}
+			}
+			if !ok {
+				open = false
 				break more
 			}
+			batch = append(batch, it)
 		}
 		linger.Stop()
 		r.write(batch)
+		wrote = time.Now()
 	}
 }
 
