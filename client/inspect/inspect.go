@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/relaytunnel/relay/client"
@@ -165,7 +166,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	stopping := make(chan struct{})
+	spares := &spareConns{m: map[net.Conn]struct{}{}}
 	srv := &http.Server{
+		ConnState:         spares.track,
 		Handler:           s,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
@@ -202,6 +205,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	// themselves: end them first.
 	close(stopping)
 	<-watched
+	// A browser opens connections ahead of need; one that has sent no
+	// byte of a request carries nothing, and Shutdown would wait five
+	// seconds for it (its rule for a new connection).
+	spares.closeAll()
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	err := srv.Shutdown(sctx)
@@ -211,6 +218,31 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	<-served // http.ErrServerClosed once Shutdown has begun
 	return err
+}
+
+// spareConns are a server's connections that have not sent a byte of a
+// request yet.
+type spareConns struct {
+	mu sync.Mutex
+	m  map[net.Conn]struct{}
+}
+
+func (s *spareConns) track(c net.Conn, state http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if state == http.StateNew {
+		s.m[c] = struct{}{}
+	} else {
+		delete(s.m, c)
+	}
+}
+
+func (s *spareConns) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.m {
+		c.Close()
+	}
 }
 
 // stopping is the channel Serve closes at shutdown, or nil (never ready) when

@@ -267,3 +267,37 @@ func TestListStaysOnePageWithTenThousandDeliveries(t *testing.T) {
 		t.Errorf("first page: %d rows starting %+v; want 100 starting with the newest", len(list), list[0])
 	}
 }
+
+// TestShutdownDoesNotWaitForConnectionsThatSentNothing: a browser opens
+// spare connections ahead of need; shutting down must not wait (five
+// seconds, then an error) for one that never sent a request.
+func TestShutdownDoesNotWaitForConnectionsThatSentNothing(t *testing.T) {
+	ins := inspect.New(newStore(t), inspect.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ins.Serve(ctx, ln) }()
+	spare, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spare.Close()
+	// A request answered on another connection: the server is serving,
+	// and has accepted the spare one before it.
+	resp, err := http.Get("http://" + ln.Addr().String() + "/api/info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown with a connection that sent nothing: %v", err)
+	}
+	spare.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := spare.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the spare connection is still open after shutdown")
+	}
+}
